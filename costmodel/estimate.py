@@ -1,0 +1,153 @@
+"""`estimate(model, cluster, strategy, workload)`: time, memory per GPU and a breakdown."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+from hardware_profiles.topology import Cluster
+
+from .model import ModelSpec
+from .params import CostParams
+from .strategy import Strategy
+from .workload import Inference, Training
+
+MEMORY_TERMS = ("weights", "gradients", "optimizer", "activations", "kv_cache", "reserved")
+
+
+@dataclass(frozen=True)
+class StageEstimate:
+    index: int
+    first_layer: int
+    end_layer: int  # exclusive
+    gpu: str
+    time_s: float  # per micro-batch (training) or per pass (inference), communication included
+    compute_s: float
+    memory_bytes: float
+    memory_capacity_bytes: float
+    memory: Mapping[str, float]
+
+    @property
+    def fits(self) -> bool:
+        return self.memory_bytes <= self.memory_capacity_bytes
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What a strategy costs. Training: `time_s` is one optimizer step. Inference: `time_s` is the
+    idealized runtime of the whole request batch, P(prompt) + beta x (output - 1)."""
+
+    kind: str
+    strategy: Strategy
+    time_s: float
+    tokens_per_s: float
+    memory_per_gpu_bytes: float  # the largest over all GPUs
+    memory_capacity_bytes: float  # usable memory of the GPU that holds the most
+    fits: bool
+    shortfall_bytes: float  # how much the fullest GPU lacks (0 when it fits)
+    memory: Mapping[str, float]  # breakdown on the fullest GPU
+    breakdown: Mapping[str, float]  # time terms; the additive ones sum to time_s
+    stages: tuple[StageEstimate, ...]
+    num_gpus: int
+    mfu: float | None = None
+    hfu: float | None = None
+    ttft_s: float | None = None
+    tpot_s: float | None = None
+    prefill_s: float | None = None  # P(prompt): the prompt and the first output token
+    per_token_s: float | None = None  # beta: each further output token
+    cost_usd: float | None = None
+    energy_j: float | None = None
+    max_batch: int | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def step_time_s(self) -> float:
+        return self.time_s
+
+    @property
+    def bottleneck(self) -> str:
+        terms = {k: v for k, v in self.breakdown.items() if k in ADDITIVE_TERMS}
+        return max(terms, key=terms.get) if terms else ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["strategy"] = self.strategy.to_dict()
+        d["stages"] = [asdict(s) for s in self.stages]
+        d["bottleneck"] = self.bottleneck
+        return d
+
+    def summary(self) -> str:
+        gb = 1e9
+        lines = [f"{self.strategy.describe()}"]
+        if self.kind == "training":
+            lines.append(f"  step {self.time_s * 1e3:.1f} ms, {self.tokens_per_s:,.0f} tokens/s, MFU {self.mfu:.1%}")
+        else:
+            lines.append(f"  runtime {self.time_s:.3f} s (TTFT {self.ttft_s * 1e3:.1f} ms, TPOT {self.tpot_s * 1e3:.2f} ms), "
+                         f"{self.tokens_per_s:,.0f} tokens/s, ${self.cost_usd:.4f}, max batch {self.max_batch}")
+        lines.append(f"  memory {self.memory_per_gpu_bytes / gb:.1f} / {self.memory_capacity_bytes / gb:.1f} GB per GPU"
+                     + ("" if self.fits else f"  (DOES NOT FIT: short by {self.shortfall_bytes / gb:.1f} GB)"))
+        return "\n".join(lines)
+
+
+# Terms of `breakdown` that add up to `time_s` (the others are informational).
+ADDITIVE_TERMS = ("compute_s", "tp_comm_s", "ep_comm_s", "pp_comm_s", "bubble_s", "dp_comm_exposed_s",
+                  "optimizer_s", "overhead_s")
+
+
+def estimate(model: ModelSpec | str, cluster: Cluster | str, strategy: Strategy, workload: Training | Inference,
+             *, params: CostParams | None = None, profiles: Any = "auto") -> Estimate:
+    """Price one strategy. `model` and `cluster` may be names ("llama3-70b", "4x8xH100").
+
+    `params`: cost-model constants (default: calibrated ones for the hardware if saved, else built-in).
+    `profiles`: "auto" to use committed/measured hardware profiles, None for datasheet figures only, or a
+    mapping from GPU name to a measured profile.
+    """
+    from .catalog import resolve_model
+    from .errors import InvalidStrategyError
+    from .inference import estimate_inference
+    from .training import estimate_training
+    from .validate import check_strategy
+
+    model = resolve_model(model)
+    cluster = Cluster.parse(cluster)
+    if not isinstance(strategy, Strategy):
+        raise InvalidStrategyError(f"strategy must be a costmodel.Strategy, got {type(strategy).__name__}",
+                                   rule="type")
+    check_strategy(model, cluster, strategy, workload)
+    ctx = CostContext.make(cluster, workload.dtype, params, profiles)
+    if isinstance(workload, Training):
+        return estimate_training(model, cluster, strategy, workload, ctx)
+    if isinstance(workload, Inference):
+        return estimate_inference(model, cluster, strategy, workload, ctx)
+    from .errors import WorkloadError
+
+    raise WorkloadError(f"workload must be Training or Inference, got {type(workload).__name__}")
+
+
+@dataclass(frozen=True)
+class CostContext:
+    """Cost constants and the per-GPU-type performance they imply."""
+
+    params: CostParams
+    profiles: Mapping[str, Any]
+
+    @classmethod
+    def make(cls, cluster: Cluster, dtype: str, params: CostParams | None, profiles: Any) -> "CostContext":
+        from .calibrated import params_for_cluster, profiles_for_cluster
+
+        if profiles == "auto":
+            prof = profiles_for_cluster(cluster)
+        elif profiles is None:
+            prof = {}
+        else:
+            prof = dict(profiles)
+        if params is None:
+            params = params_for_cluster(cluster)
+        return cls(params=params, profiles=prof)
+
+    def device(self, gpu: Any, dtype: str) -> Any:
+        from .device import device_perf
+
+        return device_perf(gpu, dtype, self.params, self.profiles.get(gpu.name))
+
+    def __hash__(self) -> int:
+        return hash((self.params, tuple(sorted((k, id(v)) for k, v in self.profiles.items()))))

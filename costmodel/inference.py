@@ -1,0 +1,163 @@
+"""Inference in the idealized-runtime form (HELM, Narayanan et al. 2023).
+
+runtime(p, o) = P(p) + beta x (o - 1)
+  P(p): prefill of the p-token prompts, which also yields the first output token; mostly compute-bound.
+  beta: one decode step for every sequence of the batch; mostly bound by reading weights and KV cache.
+Both come from the same per-layer roofline as training. With pipeline stages, a
+prefill pipelines its micro-batches, (m - 1) x slowest + sum; a decode step
+cycles them, max(m x slowest, sum), since a sequence's next token needs its
+previous one to leave the last stage.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from hardware_profiles.topology import Cluster
+
+from .comm import p2p_s
+from .estimate import CostContext, Estimate, StageEstimate
+from .layercost import LayerInferCost, Parallel, layer_infer_cost
+from .layers import activation_bytes_per_token, kv_cache_bytes_per_token
+from .layout import StageLinks, resolve_layout
+from .model import ModelSpec
+from .partition import even_partition, partition
+from .strategy import Strategy
+from .workload import Inference
+
+_BYTES = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1}
+
+
+def _costs(model: ModelSpec, links: StageLinks, s: Strategy, w: Inference, ctx: CostContext, *, decode: bool,
+           mb: int) -> list[LayerInferCost]:
+    p = ctx.params
+    dev = ctx.device(links.gpu, w.dtype)
+    par = Parallel(tp=s.tp, ep=s.ep, ep_mode=s.ep_mode, sp=False,
+                   tp_bw_gbps=links.tp_bw_gbps * p.collective_efficiency,
+                   tp_latency_s=links.tp_latency_s * p.collective_latency_factor,
+                   ep_bw_gbps=links.ep_bw_gbps * p.collective_efficiency,
+                   ep_latency_s=links.ep_latency_s * p.collective_latency_factor)
+    context = w.prompt_tokens + w.output_tokens / 2.0  # average context over the decode steps
+    cache: dict = {}
+    out = []
+    for lay in model.layers:
+        if lay not in cache:
+            cache[lay] = layer_infer_cost(lay, dev, par, p, sequences=mb, prompt_tokens=w.prompt_tokens,
+                                          context=context, decode=decode)
+        out.append(cache[lay])
+    return out
+
+
+def _weighted_breakdown(weights: np.ndarray, compute: np.ndarray, comm: np.ndarray, p2p: np.ndarray
+                        ) -> dict[str, float]:
+    return {"compute_s": float(weights @ compute), "tp_comm_s": float(weights @ comm), "pp_comm_s": float(weights @ p2p)}
+
+
+def estimate_inference(model: ModelSpec, cluster: Cluster, strategy: Strategy, workload: Inference,
+                       ctx: CostContext) -> Estimate:
+    s, w, prm = strategy, workload, ctx.params
+    pp, dp = s.pp, s.dp
+    per_replica = w.batch // dp
+    # Without pipeline stages nothing is gained by splitting a replica's batch: all its sequences decode
+    # together. With stages, micro-batches keep the stages busy.
+    mb = per_replica if pp == 1 else s.micro_batch
+    m = per_replica // mb
+    links = resolve_layout(cluster, s, w.dtype)
+    L = len(model.layers)
+    b = _BYTES[w.dtype]
+    kvb = _BYTES[w.kv_dtype or w.dtype]
+    pre = [_costs(model, links[j], s, w, ctx, decode=False, mb=mb) for j in range(pp)]
+    dec = [_costs(model, links[j], s, w, ctx, decode=True, mb=mb) for j in range(pp)]
+    t_pre = np.array([[c.compute_s + c.tp_comm_s for c in cj] for cj in pre])
+    params_local = np.array([c.params_local for c in pre[0]])
+    ctx_len = w.prompt_tokens + w.output_tokens
+    kv_seq = np.array([kv_cache_bytes_per_token(lay, kvb) * ctx_len / s.tp for lay in model.layers])  # per sequence
+    # transient activations of the widest layer during prefill of one micro-batch
+    act = np.array([activation_bytes_per_token(lay, w.prompt_tokens, tp=s.tp, bytes_per_el=b, flash=True)
+                    if lay.kind == "transformer" else 0.0 for lay in model.layers])
+    transient = float(act.max()) * mb * w.prompt_tokens * 0.5
+    reserved = prm.memory_reserved_bytes + transient
+    caps = np.array([lk.memory_bytes * prm.memory_usable_fraction for lk in links])
+    layer_mem = np.tile(params_local * b + kv_seq * per_replica, (pp, 1))
+
+    act_bytes = mb * w.prompt_tokens * model.hidden * b / s.tp
+    tok_bytes = mb * model.hidden * b / s.tp
+    if s.stages is not None:
+        cuts = s.stages
+    else:
+        out_cost = np.zeros((pp, L + 1))
+        for j in range(pp - 1):
+            out_cost[j, 1:] = p2p_s(act_bytes, links[j].next_bw_gbps * prm.collective_efficiency,
+                                    links[j].next_latency_s)
+        res = partition(t_pre, weight=float(max(m - 1, 0)), out_cost=out_cost, layer_mem=layer_mem,
+                        mem_fixed=np.full(pp, reserved), mem_cap=caps)
+        if not res.feasible:
+            res = partition(t_pre, weight=float(max(m - 1, 0)), out_cost=out_cost)
+        cuts = res.boundaries if res.feasible else even_partition(L, pp)
+    members = [list(range(cuts[j], cuts[j + 1])) for j in range(pp)]
+
+    def stage_arrays(costs: list[list[LayerInferCost]], send_bytes: float) -> tuple[np.ndarray, ...]:
+        comp = np.array([sum(costs[j][i].compute_s for i in members[j]) for j in range(pp)])
+        comm = np.array([sum(costs[j][i].tp_comm_s for i in members[j]) for j in range(pp)])
+        send = np.array([float(p2p_s(send_bytes, links[j].next_bw_gbps * prm.collective_efficiency,
+                                     links[j].next_latency_s)) if j < pp - 1 else 0.0 for j in range(pp)])
+        return comp, comm, send
+
+    pc, pt, ps = stage_arrays(pre, act_bytes)
+    dc, dt, ds = stage_arrays(dec, tok_bytes)
+    t_p = pc + pt + ps
+    t_d = dc + dt + ds
+    slow_p, slow_d = int(np.argmax(t_p)), int(np.argmax(t_d))
+    w_pre = np.ones(pp)
+    w_pre[slow_p] = m
+    prefill = float(w_pre @ t_p)
+    if m * t_d[slow_d] >= t_d.sum():
+        w_dec = np.zeros(pp)
+        w_dec[slow_d] = m
+    else:
+        w_dec = np.ones(pp)
+    beta = float(w_dec @ t_d)
+    steps = w.output_tokens - 1
+    runtime = prefill + beta * steps
+    bp = _weighted_breakdown(w_pre, pc, pt, ps)
+    bd = _weighted_breakdown(w_dec, dc, dt, ds)
+    breakdown = {k: bp[k] + steps * bd[k] for k in bp}
+    breakdown.update({"ep_comm_s": 0.0, "bubble_s": 0.0, "dp_comm_exposed_s": 0.0, "optimizer_s": 0.0,
+                      "overhead_s": 0.0, "prefill_s": prefill, "decode_s": beta * steps, "per_token_s": beta,
+                      "micro_batches": float(m)})
+
+    stage_terms, stage_mem = [], []
+    for j in range(pp):
+        idx = members[j]
+        terms = {"weights": float(params_local[idx].sum()) * b, "gradients": 0.0, "optimizer": 0.0,
+                 "activations": transient, "kv_cache": float(kv_seq[idx].sum()) * per_replica,
+                 "reserved": prm.memory_reserved_bytes}
+        stage_terms.append(terms)
+        stage_mem.append(sum(terms.values()))
+    stage_mem = np.array(stage_mem)
+    over = stage_mem - caps
+    fits = bool((over <= 0).all())
+    worst, fullest = int(np.argmax(over)), int(np.argmax(stage_mem))
+    free = np.array([caps[j] - stage_terms[j]["weights"] - reserved for j in range(pp)])
+    kv_per_seq = np.array([float(kv_seq[members[j]].sum()) for j in range(pp)])
+    with np.errstate(divide="ignore"):
+        per_rep_max = np.floor(np.where(kv_per_seq > 0, free / np.maximum(kv_per_seq, 1e-30), np.inf)).min()
+    max_batch = int(max(per_rep_max, 0) * dp) if math.isfinite(per_rep_max) else 2 ** 31 - 1
+
+    price = [g.price_usd_per_hour for g in cluster.gpus]
+    cost = runtime / 3600.0 * sum(price) if all(p is not None for p in price) else None
+    energy = runtime * sum(g.tdp_w for g in cluster.gpus)
+    notes = [] if cost is not None else ["no reference price for some GPU; cost_usd is None"]
+    stages = tuple(
+        StageEstimate(index=j, first_layer=members[j][0], end_layer=members[j][-1] + 1, gpu=links[j].gpu.name,
+                      time_s=float(t_d[j]), compute_s=float(dc[j]), memory_bytes=float(stage_mem[j]),
+                      memory_capacity_bytes=float(caps[j]), memory=stage_terms[j]) for j in range(pp))
+    final = s if s.stages is not None else s.with_(stages=tuple(int(c) for c in cuts))
+    return Estimate(
+        kind="inference", strategy=final, time_s=runtime, tokens_per_s=w.batch * w.output_tokens / runtime,
+        memory_per_gpu_bytes=float(stage_mem[fullest]), memory_capacity_bytes=float(caps[fullest]), fits=fits,
+        shortfall_bytes=float(max(over[worst], 0.0)), memory=stage_terms[worst if not fits else fullest],
+        breakdown=breakdown, stages=stages, num_gpus=cluster.num_gpus, ttft_s=prefill, tpot_s=beta,
+        prefill_s=prefill, per_token_s=beta, cost_usd=cost, energy_j=energy, max_batch=max_batch,
+        notes=tuple(notes))

@@ -1,0 +1,207 @@
+"""Time and memory of one layer on one GPU, for one micro-batch.
+
+`forward_work` prices a forward pass over `rows` tokens: GEMMs on the
+efficiency-curve roofline, attention (compute-bound in prefill/training,
+KV-cache-bound in decode), and memory-bound elementwise work. Training derives
+backward from it (2x GEMMs, 2.5x attention, 2x elementwise) and adds the
+tensor-parallel and expert-parallel collectives the layer implies.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .comm import all_reduce_s, all_to_all_s
+from .device import DevicePerf
+from .layers import (activation_bytes_per_token, kv_cache_bytes_per_token, matmul_shapes, param_split)
+from .model import LayerSpec
+from .params import CostParams
+
+
+@dataclass(frozen=True)
+class Parallel:
+    """The parallel degrees a layer sees, and the links its collectives use."""
+
+    tp: int = 1
+    ep: int = 1
+    ep_mode: str = "dp"
+    sp: bool = False
+    tp_bw_gbps: float = float("inf")
+    tp_latency_s: float = 0.0
+    ep_bw_gbps: float = float("inf")
+    ep_latency_s: float = 0.0
+
+    @property
+    def moe_tp(self) -> int:
+        return self.tp // self.ep if self.ep_mode == "tp" else self.tp
+
+    @property
+    def ep_tokens(self) -> float:
+        """Rows an expert sees relative to local tokens: Megatron EP gathers tokens from ep replicas."""
+        return float(self.ep) if self.ep_mode == "dp" else 1.0
+
+
+@dataclass(frozen=True)
+class ForwardWork:
+    gemm_s: float
+    attention_s: float
+    elementwise_s: float
+    attention_bwd_s: float  # backward of the attention core (2.5x forward FLOPs)
+
+    @property
+    def total_s(self) -> float:
+        return self.gemm_s + self.attention_s + self.elementwise_s
+
+
+def forward_work(lay: LayerSpec, dev: DevicePerf, par: Parallel, params: CostParams, *, rows: float,
+                 context: float, causal: bool, kv_rows: float = 0.0, model_seq: int = 0) -> ForwardWork:
+    """Forward pass of one layer over `rows` query tokens, each attending to `context` keys.
+
+    `kv_rows` > 0 marks decode: keys and values are read from a KV cache of
+    kv_rows x context entries instead of being computed in the pass.
+    """
+    b = dev.bytes_per_el
+    tp = par.tp
+    if lay.kind == "embedding":
+        elem = dev.memory_time_s(rows * lay.hidden * b * 2 / (tp if par.sp else 1), kernels=2)
+        return ForwardWork(0.0, 0.0, float(elem), 0.0)
+    gemm = 0.0
+    for g in matmul_shapes(lay, tp, par.ep, par.moe_tp, par.ep_tokens):
+        gemm += float(dev.gemm_time_s(rows * g.m_scale, g.n, g.k, g.count))
+    if lay.kind == "head":
+        vocab_local = lay.vocab / tp
+        # final norm, then softmax / cross-entropy over the logits in fp32 (read bf16, write and read fp32)
+        elem_bytes = rows * (2 * lay.hidden * b / (tp if par.sp else 1) + vocab_local * (b + 8))
+        elem = dev.memory_time_s(elem_bytes * params.elementwise_factor, kernels=4)
+        return ForwardWork(gemm, 0.0, float(elem), 0.0)
+    heads_local = lay.num_heads / tp
+    span = lay.attention_span or context
+    ctx = min(context, span) if lay.attention_span else context
+    if kv_rows > 0:  # decode: one query per sequence against the cached keys
+        flops = 4.0 * rows * ctx * heads_local * lay.head_dim
+        kv_bytes = kv_rows * ctx * kv_cache_bytes_per_token(lay, b) / tp
+        attn = float(dev.attention_time_s(flops, kv_bytes))
+        attn_bwd = 0.0
+    else:
+        cf = params.causal_factor if causal and lay.causal else 1.0
+        flops = 4.0 * rows * ctx * heads_local * lay.head_dim * cf
+        io = rows * (lay.num_heads * 2 + lay.num_kv_heads * 2) * lay.head_dim * b / tp
+        if not params.flash_attention:
+            io += rows * ctx * heads_local * (2 * b + 4) * cf * 2  # scores and softmax written and read back
+        attn = float(dev.attention_time_s(flops, io))
+        attn_bwd = float(dev.attention_time_s(2.5 * flops, 2.5 * io))
+    q = lay.num_heads * lay.head_dim / tp
+    kvd = lay.num_kv_heads * lay.head_dim / tp
+    h_local = lay.hidden / (tp if par.sp else 1)
+    if lay.is_moe:
+        f_local = lay.top_k * lay.expert_ffn_hidden / par.moe_tp + lay.shared_experts * lay.shared_ffn_hidden / tp
+        permute = 4 * lay.top_k * lay.dispatch_dim  # gather to experts and scatter back, read + write
+    else:
+        f_local = lay.ffn_hidden / tp
+        permute = 0
+    act = 3 * f_local if lay.gated_mlp else 2 * f_local
+    elem_bytes = rows * b * (10 * h_local + 2 * (q + kvd) + act + permute)
+    elem = float(dev.memory_time_s(elem_bytes * params.elementwise_factor, kernels=8))
+    return ForwardWork(gemm, attn, elem, attn_bwd)
+
+
+@dataclass(frozen=True)
+class LayerTrainCost:
+    """One layer, one micro-batch, one GPU, in training."""
+
+    fwd_s: float  # compute of the forward pass
+    bwd_s: float  # compute of the backward pass
+    recompute_s: float  # extra forward compute for activation recompute
+    tp_comm_s: float  # tensor-parallel collectives (forward, backward and recompute), exposed part
+    ep_comm_s: float  # expert all-to-all (dispatch and combine, forward and backward)
+    activation_bytes: float  # kept for backward, per micro-batch
+    params_local: float  # parameters this GPU holds for the layer (before ZeRO sharding)
+    flops_fwd: float  # executed forward FLOPs of the layer on this GPU (hardware FLOPs)
+
+    @property
+    def compute_s(self) -> float:
+        return self.fwd_s + self.bwd_s + self.recompute_s
+
+    @property
+    def total_s(self) -> float:
+        return self.compute_s + self.tp_comm_s + self.ep_comm_s
+
+
+def layer_train_cost(lay: LayerSpec, dev: DevicePerf, par: Parallel, params: CostParams, *, micro_batch: int,
+                     seq_len: int, recompute: str, dropout: bool = False) -> LayerTrainCost:
+    seq = lay.seq_len or seq_len
+    rows = float(micro_batch * seq)
+    w = forward_work(lay, dev, par, params, rows=rows, context=seq, causal=True, model_seq=seq_len)
+    fwd = w.total_s + params.layer_overhead_s
+    bwd = 2.0 * w.gemm_s + w.attention_bwd_s + 2.0 * w.elementwise_s + params.layer_overhead_s
+    if recompute == "full" and lay.kind == "transformer":
+        rec = fwd
+    elif recompute == "selective" and lay.kind == "transformer":
+        rec = w.attention_s  # Korthikanti et al.: recompute only the attention core
+    else:
+        rec = 0.0
+    b = dev.bytes_per_el
+    tp_bytes = rows * lay.hidden * b
+    ar = float(all_reduce_s(tp_bytes, par.tp, par.tp_bw_gbps, par.tp_latency_s))
+    if lay.kind == "transformer":
+        n_ar = 4.0 + (2.0 if recompute == "full" else 0.0)
+    elif lay.kind == "embedding":
+        n_ar = 1.0  # vocab-parallel lookup combines partial rows
+    else:
+        n_ar = 1.0  # input gradient of the vocab-parallel head
+    tp_comm = n_ar * ar * (1.0 - params.tp_overlap)
+    ep_comm = 0.0
+    if lay.is_moe and par.ep > 1 and par.ep_mode == "dp":
+        a2a_bytes = rows * lay.top_k * lay.dispatch_dim * b / (par.tp if par.sp else 1)
+        n_a2a = 4.0 + (2.0 if recompute == "full" else 0.0)
+        ep_comm = n_a2a * float(all_to_all_s(a2a_bytes, par.ep, par.ep_bw_gbps, par.ep_latency_s))
+    act = rows * activation_bytes_per_token(lay, seq, tp=par.tp, sp=par.sp, recompute=recompute, bytes_per_el=b,
+                                            flash=params.flash_attention, dropout=dropout, ep=par.ep)
+    split = param_split(lay, seq_len)
+    expert_ways = par.ep * par.moe_tp
+    params_local = split.replicated + split.tp_sharded / par.tp + split.expert / expert_ways
+    flops = _executed_forward_flops(lay, par, rows, seq, params)
+    return LayerTrainCost(fwd_s=fwd, bwd_s=bwd, recompute_s=rec, tp_comm_s=tp_comm, ep_comm_s=ep_comm,
+                          activation_bytes=act * params.activation_overhead, params_local=params_local,
+                          flops_fwd=flops)
+
+
+def _executed_forward_flops(lay: LayerSpec, par: Parallel, rows: float, seq: int, params: CostParams) -> float:
+    if lay.kind == "embedding":
+        return 0.0
+    mm = sum(2.0 * g.n * g.k * g.m_scale * g.count
+             for g in matmul_shapes(lay, par.tp, par.ep, par.moe_tp, par.ep_tokens)) * rows
+    if lay.kind != "transformer":
+        return mm
+    span = lay.attention_span or seq
+    return mm + 4.0 * rows * span * lay.num_heads / par.tp * lay.head_dim
+
+
+@dataclass(frozen=True)
+class LayerInferCost:
+    """One layer, one GPU, one forward pass in inference (prefill of a prompt or one decode step)."""
+
+    compute_s: float
+    tp_comm_s: float
+    params_local: float
+
+
+def layer_infer_cost(lay: LayerSpec, dev: DevicePerf, par: Parallel, params: CostParams, *, sequences: int,
+                     prompt_tokens: int, context: float, decode: bool) -> LayerInferCost:
+    b = dev.bytes_per_el
+    if decode:
+        rows = float(sequences)
+        w = forward_work(lay, dev, par, params, rows=rows, context=context, causal=False, kv_rows=rows)
+        overhead = params.decode_layer_overhead_s
+    else:
+        rows = float(sequences * prompt_tokens)
+        w = forward_work(lay, dev, par, params, rows=rows, context=prompt_tokens, causal=True)
+        overhead = params.layer_overhead_s
+    n_ar = 2.0 if lay.kind == "transformer" else 1.0
+    tp = n_ar * float(all_reduce_s(rows * lay.hidden * b, par.tp, par.tp_bw_gbps, par.tp_latency_s))
+    if lay.is_moe and par.ep > 1 and par.ep_mode == "dp":
+        a2a = rows * lay.top_k * lay.dispatch_dim * b
+        tp += 2.0 * float(all_to_all_s(a2a, par.ep, par.ep_bw_gbps, par.ep_latency_s))
+    split = param_split(lay, 0)
+    params_local = split.replicated + split.tp_sharded / par.tp + split.expert / (par.ep * par.moe_tp)
+    return LayerInferCost(compute_s=w.total_s + overhead, tp_comm_s=tp * (1.0 - params.tp_overlap),
+                          params_local=params_local)

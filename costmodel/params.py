@@ -1,0 +1,83 @@
+"""`CostParams`: the constants of the cost model that are not datasheet figures.
+
+They describe how close a software stack gets to the hardware (GEMM and
+attention efficiency, achieved memory and network bandwidth, overheads,
+overlap). Defaults describe a modern stack (PyTorch 2.x, flash attention,
+NCCL). `costmodel.calibrate` fits them to measurements; a fitted set is saved
+as a profile that `estimate()` picks up for that hardware.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from hardware_profiles.errors import ProfileError
+
+
+@dataclass(frozen=True)
+class CostParams:
+    # matrix units: achieved fraction of the dense datasheet rate on large GEMMs, and the GEMM size (FLOPs)
+    # at which a GEMM reaches half of that (efficiency = gemm_efficiency / (1 + gemm_half_flops / flops))
+    gemm_efficiency: float = 0.80
+    gemm_half_flops: float = 2.0e9
+    # attention kernels: achieved fraction of the dense rate (flash attention forward), and which fraction of
+    # the causal score matrix is computed (0.5: masked blocks skipped; 1.0: computed and masked)
+    attention_efficiency: float = 0.55
+    causal_factor: float = 0.5
+    flash_attention: bool = True
+    # memory-bound work: achieved fraction of HBM bandwidth; bytes of elementwise traffic relative to a fused
+    # modern block (norms, residuals, activation, rotary); 1.0 = fused kernels
+    memory_efficiency: float = 0.85
+    elementwise_factor: float = 1.0
+    # fixed costs: GPU time per kernel (launch gap), and framework time per layer per pass (Python, hooks)
+    kernel_overhead_s: float = 3.0e-6
+    layer_overhead_s: float = 0.0
+    decode_layer_overhead_s: float = 0.0
+    # collectives: achieved fraction of link bandwidth; multiplier on per-hop latency
+    collective_efficiency: float = 0.80
+    collective_latency_factor: float = 1.0
+    # share of data-parallel gradient traffic hidden behind backward compute (DDP buckets, FSDP prefetch)
+    dp_overlap: float = 0.80
+    # share of tensor-parallel collectives hidden behind compute (0 = Megatron default, none)
+    tp_overlap: float = 0.0
+    # memory: usable share of device memory, fixed reserve (CUDA context, NCCL/cuBLAS workspaces), and the
+    # multiplier on counted activations for allocator fragmentation and temporaries
+    memory_usable_fraction: float = 0.95
+    memory_reserved_bytes: float = 1.5e9
+    activation_overhead: float = 1.10
+    # optimizer: bytes of memory traffic per local parameter in the optimizer step (Adam, mixed precision)
+    optimizer_bytes_per_param: float = 32.0
+    # fixed cost per training step (data loading, logging, launch of the step)
+    step_overhead_s: float = 0.0
+
+    def replace(self, **changes: Any) -> "CostParams":
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "CostParams":
+        names = {f.name for f in fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ProfileError(f"unknown cost parameters {sorted(unknown)}; known: {sorted(names)}")
+        return cls(**dict(data))
+
+    def save(self, path: str | Path, **meta: Any) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps({"cost_params": self.to_dict(), **meta}, indent=2))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "CostParams":
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ProfileError(f"cannot read cost parameters from {str(path)!r}: {exc}") from None
+        return cls.from_dict(data.get("cost_params", data))
+
+
+DEFAULT_PARAMS = CostParams()
