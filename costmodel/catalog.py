@@ -126,7 +126,8 @@ _CATALOG: tuple[_Entry, ...] = (
            aliases=("gpt3", "gpt-3", "davinci", "openai/davinci", "helm-davinci", "openai/text-davinci-002",
                     "openai/text-davinci-003", "text-davinci-002")),
     _Entry("gpt3-6.7b", family="gpt",
-           description="GPT-3 6.7B (Brown et al. 2020): 32 x 4096, 32 heads, vocab 50257, context 2048; HELM's openai/curie",
+           description="GPT-3 6.7B (Brown et al. 2020): 32 x 4096, 32 heads, vocab 50257, context 2048; HELM's "
+                       "openai/curie",
            shape=_gpt(32, 4096, 32, 50257, 2048),
            aliases=("curie", "openai/curie", "helm-curie", "openai/text-curie-001")),
     _Entry("gpt3-1.3b", family="gpt",
@@ -147,7 +148,8 @@ _CATALOG: tuple[_Entry, ...] = (
            description="Llama 2 70B (meta-llama/Llama-2-70b-hf config.json): grouped-query attention, 8 KV heads",
            shape=_llama(80, 8192, 64, 8, 28672, 32000, 4096), aliases=("llama2-70b",)),
     _Entry("llama-3-8b", family="llama",
-           description="Llama 3 8B (meta-llama/Meta-Llama-3-8B config.json): 8 KV heads, vocab 128256, RoPE theta 500000",
+           description="Llama 3 8B (meta-llama/Meta-Llama-3-8B config.json): 8 KV heads, vocab 128256, RoPE theta "
+                       "500000",
            shape=_llama(32, 4096, 32, 8, 14336, 128256, 8192, rope_theta=500000.0),
            aliases=("llama3-8b", "llama-3.1-8b")),
     _Entry("llama-3-70b", family="llama",
@@ -157,8 +159,8 @@ _CATALOG: tuple[_Entry, ...] = (
            aliases=("llama3-70b", "llama-3.1-70b")),
     _Entry("llama-3-405b", family="llama",
            description="Llama 3.1 405B (Llama 3 paper, Table 3; meta-llama/Llama-3.1-405B config.json): 126 x 16384, "
-                       "128 heads, 8 KV heads, ffn 53248, vocab 128256, RoPE theta 500000; sequence 8192 as pre-trained "
-                       "(the released config extends it to 131072 with RoPE scaling)",
+                       "128 heads, 8 KV heads, ffn 53248, vocab 128256, RoPE theta 500000; sequence 8192 as "
+                       "pre-trained (the released config extends it to 131072 with RoPE scaling)",
            shape=_llama(126, 16384, 128, 8, 53248, 128256, 8192, rope_theta=500000.0),
            aliases=("llama3-405b", "llama-3.1-405b")),
     _Entry("mistral-7b", family="mistral",
@@ -218,10 +220,12 @@ _CATALOG: tuple[_Entry, ...] = (
            description="AI21 Jurassic-1 Grande 17B: 50 x 5120, 40 heads, vocab 256000, context 2048",
            shape=_gpt(50, 5120, 40, 256000, 2048), aliases=("ai21/j1-grande", "j1-grande")),
     _Entry("helm-j1-large", family="jurassic",
-           description="AI21 Jurassic-1 Large 7.5B (Lieber et al. 2021): 32 x 4096, 32 heads, vocab 256000, context 2048",
+           description="AI21 Jurassic-1 Large 7.5B (Lieber et al. 2021): 32 x 4096, 32 heads, vocab 256000, context "
+                       "2048",
            shape=_gpt(32, 4096, 32, 256000, 2048), aliases=("ai21/j1-large", "j1-large", "jurassic-1-large")),
     _Entry("helm-tnlg-530b", family="gpt",
-           description="Megatron-Turing NLG 530B (Smith et al. 2022): 105 x 20480, 128 heads, vocab 51200, context 2048; "
+           description="Megatron-Turing NLG 530B (Smith et al. 2022): 105 x 20480, 128 heads, vocab 51200, context "
+                       "2048; "
                        "HELM's microsoft/TNLGv2_530B",
            shape=_gpt(105, 20480, 128, 51200, 2048),
            aliases=("microsoft/TNLGv2_530B", "tnlg-530b", "mt-nlg-530b", "helm-tnlgv2-530b")),
@@ -407,7 +411,13 @@ def amp_layer_map(setting: str) -> list[int]:
 
 
 def amp_stage_cuts(setting: str, amp_boundaries: Sequence[int] | str) -> tuple[int, ...]:
-    """AMP's `stage_boundaries` ("0,15,30" or [0, 15, 30]) as cut points into our `ModelSpec.layers`."""
+    """AMP's `stage_boundaries` ("0,15,30" or [0, 15, 30]) as cut points into our `ModelSpec.layers`.
+
+    The cuts never decrease. An AMP stage that holds only entries with no
+    counterpart here (noops) becomes an empty stage (equal neighbouring cuts): in
+    amp_trials.csv that happens in 4 of 170 trials ("0,1,2,..." with pp=16), all
+    of which ran out of memory.
+    """
     if isinstance(amp_boundaries, str):
         try:
             amp_boundaries = [int(x) for x in amp_boundaries.split(",")]

@@ -208,8 +208,8 @@ def _qwen2_moe(c: _Config) -> _Shape:
         raise c._fail(f"num_experts_per_tok {top_k} exceeds num_experts {experts}")
     shared = c.get_int("shared_expert_intermediate_size", default=0, minimum=0) if moe else 0
     dense_needed = len(moe) < d["num_layers"]
-    return _Shape(ffn_hidden=c.get_int("intermediate_size") if dense_needed else c.get_int("intermediate_size", default=0,
-                                                                                    minimum=0),
+    ffn = c.get_int("intermediate_size") if dense_needed else c.get_int("intermediate_size", default=0, minimum=0)
+    return _Shape(ffn_hidden=ffn,
                   moe_layers=moe, num_experts=experts if moe else 0, top_k=top_k,
                   expert_ffn_hidden=c.get_int("moe_intermediate_size") if moe else 0,
                   shared_experts=1 if shared else 0, shared_ffn_hidden=shared, note=_sliding_note(c), **d)
@@ -237,7 +237,8 @@ def _gpt_neox(c: _Config) -> _Shape:
                   activation=c.activation("hidden_act", default="gelu"), gated=False,
                   bias=c.get_bool("attention_bias", default=True), position="rope",
                   rope_theta=c.get_float("rope_theta", "rotary_emb_base", default=10000.0),
-                  norm_eps=c.get_float("layer_norm_eps", default=1e-5), ffn_hidden=c.get_int("intermediate_size"), note=note)
+                  norm_eps=c.get_float("layer_norm_eps", default=1e-5), ffn_hidden=c.get_int("intermediate_size"),
+                  note=note)
 
 
 def _deepseek_v3(c: _Config) -> _Shape:
@@ -261,7 +262,8 @@ def _deepseek_v3(c: _Config) -> _Shape:
                   tie=c.get_bool("tie_word_embeddings", default=False), norm="rmsnorm",
                   activation=c.activation("hidden_act", default="silu"), gated=True,
                   bias=c.get_bool("attention_bias", default=False), position="rope",
-                  rope_theta=c.get_float("rope_theta", default=10000.0), norm_eps=c.get_float("rms_norm_eps", default=1e-6),
+                  rope_theta=c.get_float("rope_theta", default=10000.0),
+                  norm_eps=c.get_float("rms_norm_eps", default=1e-6),
                   ffn_hidden=c.get_int("intermediate_size") if len(moe) < layers else 0, moe_layers=moe,
                   num_experts=experts if moe else 0, top_k=top_k, expert_ffn_hidden=expert_ffn,
                   shared_experts=shared, shared_ffn_hidden=expert_ffn if shared else 0, kv_cache_dim=kv_cache,

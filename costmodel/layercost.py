@@ -9,12 +9,21 @@ tensor-parallel and expert-parallel collectives the layer implies.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from .comm import all_reduce_s, all_to_all_s
 from .device import DevicePerf
 from .layers import (activation_bytes_per_token, kv_cache_bytes_per_token, matmul_shapes, param_split)
 from .model import LayerSpec
 from .params import CostParams
+
+
+def token_count(lay: LayerSpec, seq_len: int) -> int:
+    """Tokens per sample a layer processes: its own `seq_len` for blocks that override it (TransGAN's
+    high-resolution blocks); the workload's sequence for the embedding, whose `seq_len` counts position rows."""
+    return (lay.seq_len or seq_len) if lay.kind == "transformer" else seq_len
 
 
 @dataclass(frozen=True)
@@ -42,10 +51,10 @@ class Parallel:
 
 @dataclass(frozen=True)
 class ForwardWork:
-    gemm_s: float
-    attention_s: float
-    elementwise_s: float
-    attention_bwd_s: float  # backward of the attention core (2.5x forward FLOPs)
+    gemm_s: Any  # float, or numpy array when priced for several micro-batch sizes at once
+    attention_s: Any
+    elementwise_s: Any
+    attention_bwd_s: Any  # backward of the attention core (2.5x forward FLOPs)
 
     @property
     def total_s(self) -> float:
@@ -63,23 +72,23 @@ def forward_work(lay: LayerSpec, dev: DevicePerf, par: Parallel, params: CostPar
     tp = par.tp
     if lay.kind == "embedding":
         elem = dev.memory_time_s(rows * lay.hidden * b * 2 / (tp if par.sp else 1), kernels=2)
-        return ForwardWork(0.0, 0.0, float(elem), 0.0)
+        return ForwardWork(0.0, 0.0, elem, 0.0)
     gemm = 0.0
     for g in matmul_shapes(lay, tp, par.ep, par.moe_tp, par.ep_tokens):
-        gemm += float(dev.gemm_time_s(rows * g.m_scale, g.n, g.k, g.count))
+        gemm = gemm + dev.gemm_time_s(rows * g.m_scale, g.n, g.k, g.count)
     if lay.kind == "head":
         vocab_local = lay.vocab / tp
         # final norm, then softmax / cross-entropy over the logits in fp32 (read bf16, write and read fp32)
         elem_bytes = rows * (2 * lay.hidden * b / (tp if par.sp else 1) + vocab_local * (b + 8))
         elem = dev.memory_time_s(elem_bytes * params.elementwise_factor, kernels=4)
-        return ForwardWork(gemm, 0.0, float(elem), 0.0)
+        return ForwardWork(gemm, 0.0, elem, 0.0)
     heads_local = lay.num_heads / tp
     span = lay.attention_span or context
     ctx = min(context, span) if lay.attention_span else context
     if kv_rows > 0:  # decode: one query per sequence against the cached keys
         flops = 4.0 * rows * ctx * heads_local * lay.head_dim
         kv_bytes = kv_rows * ctx * kv_cache_bytes_per_token(lay, b) / tp
-        attn = float(dev.attention_time_s(flops, kv_bytes))
+        attn = dev.attention_time_s(flops, kv_bytes)
         attn_bwd = 0.0
     else:
         cf = params.causal_factor if causal and lay.causal else 1.0
@@ -87,8 +96,8 @@ def forward_work(lay: LayerSpec, dev: DevicePerf, par: Parallel, params: CostPar
         io = rows * (lay.num_heads * 2 + lay.num_kv_heads * 2) * lay.head_dim * b / tp
         if not params.flash_attention:
             io += rows * ctx * heads_local * (2 * b + 4) * cf * 2  # scores and softmax written and read back
-        attn = float(dev.attention_time_s(flops, io))
-        attn_bwd = float(dev.attention_time_s(2.5 * flops, 2.5 * io))
+        attn = dev.attention_time_s(flops, io)
+        attn_bwd = dev.attention_time_s(2.5 * flops, 2.5 * io)
     q = lay.num_heads * lay.head_dim / tp
     kvd = lay.num_kv_heads * lay.head_dim / tp
     h_local = lay.hidden / (tp if par.sp else 1)
@@ -100,7 +109,7 @@ def forward_work(lay: LayerSpec, dev: DevicePerf, par: Parallel, params: CostPar
         permute = 0
     act = 3 * f_local if lay.gated_mlp else 2 * f_local
     elem_bytes = rows * b * (10 * h_local + 2 * (q + kvd) + act + permute)
-    elem = float(dev.memory_time_s(elem_bytes * params.elementwise_factor, kernels=8))
+    elem = dev.memory_time_s(elem_bytes * params.elementwise_factor, kernels=8)
     return ForwardWork(gemm, attn, elem, attn_bwd)
 
 
@@ -126,10 +135,11 @@ class LayerTrainCost:
         return self.compute_s + self.tp_comm_s + self.ep_comm_s
 
 
-def layer_train_cost(lay: LayerSpec, dev: DevicePerf, par: Parallel, params: CostParams, *, micro_batch: int,
+def layer_train_cost(lay: LayerSpec, dev: DevicePerf, par: Parallel, params: CostParams, *, micro_batch: Any,
                      seq_len: int, recompute: str, dropout: bool = False) -> LayerTrainCost:
-    seq = lay.seq_len or seq_len
-    rows = float(micro_batch * seq)
+    """Costs for one micro-batch; `micro_batch` may be a numpy array (then every time field is one too)."""
+    seq = token_count(lay, seq_len)
+    rows = np.asarray(micro_batch, dtype=float) * seq
     w = forward_work(lay, dev, par, params, rows=rows, context=seq, causal=True, model_seq=seq_len)
     fwd = w.total_s + params.layer_overhead_s
     bwd = 2.0 * w.gemm_s + w.attention_bwd_s + 2.0 * w.elementwise_s + params.layer_overhead_s
@@ -141,7 +151,7 @@ def layer_train_cost(lay: LayerSpec, dev: DevicePerf, par: Parallel, params: Cos
         rec = 0.0
     b = dev.bytes_per_el
     tp_bytes = rows * lay.hidden * b
-    ar = float(all_reduce_s(tp_bytes, par.tp, par.tp_bw_gbps, par.tp_latency_s))
+    ar = all_reduce_s(tp_bytes, par.tp, par.tp_bw_gbps, par.tp_latency_s)
     if lay.kind == "transformer":
         n_ar = 4.0 + (2.0 if recompute == "full" else 0.0)
     elif lay.kind == "embedding":
@@ -153,7 +163,7 @@ def layer_train_cost(lay: LayerSpec, dev: DevicePerf, par: Parallel, params: Cos
     if lay.is_moe and par.ep > 1 and par.ep_mode == "dp":
         a2a_bytes = rows * lay.top_k * lay.dispatch_dim * b / (par.tp if par.sp else 1)
         n_a2a = 4.0 + (2.0 if recompute == "full" else 0.0)
-        ep_comm = n_a2a * float(all_to_all_s(a2a_bytes, par.ep, par.ep_bw_gbps, par.ep_latency_s))
+        ep_comm = n_a2a * all_to_all_s(a2a_bytes, par.ep, par.ep_bw_gbps, par.ep_latency_s)
     act = rows * activation_bytes_per_token(lay, seq, tp=par.tp, sp=par.sp, recompute=recompute, bytes_per_el=b,
                                             flash=params.flash_attention, dropout=dropout, ep=par.ep)
     split = param_split(lay, seq_len)
@@ -197,10 +207,10 @@ def layer_infer_cost(lay: LayerSpec, dev: DevicePerf, par: Parallel, params: Cos
         w = forward_work(lay, dev, par, params, rows=rows, context=prompt_tokens, causal=True)
         overhead = params.layer_overhead_s
     n_ar = 2.0 if lay.kind == "transformer" else 1.0
-    tp = n_ar * float(all_reduce_s(rows * lay.hidden * b, par.tp, par.tp_bw_gbps, par.tp_latency_s))
+    tp = n_ar * all_reduce_s(rows * lay.hidden * b, par.tp, par.tp_bw_gbps, par.tp_latency_s)
     if lay.is_moe and par.ep > 1 and par.ep_mode == "dp":
         a2a = rows * lay.top_k * lay.dispatch_dim * b
-        tp += 2.0 * float(all_to_all_s(a2a, par.ep, par.ep_bw_gbps, par.ep_latency_s))
+        tp = tp + 2.0 * all_to_all_s(a2a, par.ep, par.ep_bw_gbps, par.ep_latency_s)
     split = param_split(lay, 0)
     params_local = split.replicated + split.tp_sharded / par.tp + split.expert / (par.ep * par.moe_tp)
     return LayerInferCost(compute_s=w.total_s + overhead, tp_comm_s=tp * (1.0 - params.tp_overlap),

@@ -36,6 +36,11 @@ class StageLinks:
     tp_in_node: bool
     dp_in_node: bool
 
+    @property
+    def device_key(self) -> tuple:
+        """What a layer's own cost depends on: the GPU and the TP and EP links."""
+        return (self.gpu.name, self.tp_bw_gbps, self.tp_latency_s, self.ep_bw_gbps, self.ep_latency_s)
+
 
 @dataclass(frozen=True)
 class _ClusterArrays:
@@ -97,12 +102,17 @@ def _groups_bandwidth(arr: _ClusterArrays, groups: np.ndarray, stage_of_group: n
     return bw_stage, lat_stage, in_node
 
 
-@lru_cache(maxsize=4096)
 def resolve_layout(cluster: Cluster, strategy: Strategy, dtype: str) -> tuple[StageLinks, ...]:
+    s = strategy
+    return _resolve(cluster, s.tp, s.pp, s.dp, s.ep, s.ep_mode, s.placement, dtype)
+
+
+@lru_cache(maxsize=4096)
+def _resolve(cluster: Cluster, tp: int, pp: int, dp: int, ep: int, ep_mode: str, placement: tuple[int, ...] | None,
+             dtype: str) -> tuple[StageLinks, ...]:
     arr = _arrays(cluster)
-    pp, dp, tp, ep = strategy.pp, strategy.dp, strategy.tp, strategy.ep
     n = pp * dp * tp
-    placement = np.arange(n) if strategy.placement is None else np.asarray(strategy.placement)
+    placement = np.arange(n) if placement is None else np.asarray(placement)
     mesh = placement.reshape(pp, dp, tp)  # GPU index of (stage, replica, tp rank)
     stage_ids = np.arange(pp)
     # tensor-parallel groups: (pp*dp, tp)
@@ -111,7 +121,7 @@ def resolve_layout(cluster: Cluster, strategy: Strategy, dtype: str) -> tuple[St
     dp_groups = mesh.transpose(0, 2, 1).reshape(pp * tp, dp)
     dp_bw, dp_lat, dp_in = _groups_bandwidth(arr, dp_groups, np.repeat(stage_ids, tp), pp)
     # expert-parallel groups
-    if ep > 1 and strategy.ep_mode == "dp":
+    if ep > 1 and ep_mode == "dp":
         g = mesh.reshape(pp, dp // ep, ep, tp).transpose(0, 1, 3, 2).reshape(pp * (dp // ep) * tp, ep)
         ep_bw, ep_lat, _ = _groups_bandwidth(arr, g, np.repeat(stage_ids, (dp // ep) * tp), pp)
     elif ep > 1:

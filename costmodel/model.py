@@ -9,7 +9,8 @@ describes the model.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Mapping, Sequence
+from functools import cached_property
+from typing import Any, Mapping
 
 from .errors import ModelConfigError
 
@@ -203,6 +204,28 @@ class ModelSpec:
         return from_module(module, sample_input, **kwargs)
 
     # -- facts -----------------------------------------------------------
+    @cached_property
+    def layer_classes(self) -> tuple[tuple[LayerSpec, ...], tuple[int, ...]]:
+        """Distinct layers (names ignored) and, for every entry of `layers`, the index of its class.
+
+        Costs are computed once per class: a 126-block model usually has three classes."""
+        classes: dict[LayerSpec, int] = {}
+        index = []
+        for lay in self.layers:
+            key = replace(lay, name="")
+            index.append(classes.setdefault(key, len(classes)))
+        return tuple(classes), tuple(index)
+
+    @cached_property
+    def is_uniform(self) -> bool:
+        """Embedding, identical blocks of one width and sequence, head: splits have a closed form."""
+        classes, index = self.layer_classes
+        if len(self.layers) < 3 or self.layers[0].kind != "embedding" or self.layers[-1].kind != "head":
+            return False
+        inner = set(index[1:-1])
+        return (len(inner) == 1 and index[0] not in inner and index[-1] not in inner
+                and len({lay.hidden for lay in self.layers}) == 1 and self.layers[1].seq_len in (0, self.seq_len))
+
     @property
     def blocks(self) -> tuple[LayerSpec, ...]:
         return tuple(lay for lay in self.layers if lay.kind == "transformer")
@@ -288,6 +311,3 @@ class ModelSpec:
             raise ModelConfigError(f"malformed model dict: {exc}") from None
 
 
-def uniform_blocks(layers: Sequence[LayerSpec]) -> bool:
-    blocks = [lay for lay in layers if lay.kind == "transformer"]
-    return all(b == blocks[0] or replace(b, name="") == replace(blocks[0], name="") for b in blocks)

@@ -131,6 +131,65 @@ def partition(layer_time: np.ndarray, *, weight: float, out_cost: np.ndarray | N
     return PartitionResult(cuts, best_obj, costs)
 
 
+def uniform_partition(first_s: float, block_s: float, last_s: float, num_blocks: int, stage_extra_s: np.ndarray
+                      ) -> PartitionResult | None:
+    """Exact bottleneck split of [first, num_blocks x identical block, last] into p stages, where stage j
+    also pays the constant `stage_extra_s[j]` (its stage-to-stage sends).
+
+    Every split has the same total, so the bottleneck optimum is the optimum of A * max + sum for any A.
+    Binary search over the finitely many possible stage times; O(p log(p N)). The result's `objective` is
+    the bottleneck stage time. Returns None when no split into non-empty stages exists.
+    """
+    extra = np.asarray(stage_extra_s, dtype=float)
+    p = len(extra)
+    N = num_blocks
+    if p > N + 2:
+        return None
+    base = extra.copy()
+    base[0] += first_s
+    base[-1] += last_s
+    lo = np.ones(p, dtype=np.int64)
+    lo[0] = 0
+    lo[-1] = 0 if p > 1 else N
+    if p == 1:
+        t = float(base[0] + N * block_s)
+        return PartitionResult((0, N + 2), t, (t,))
+    if lo.sum() > N:
+        return None
+    if block_s <= 0:
+        k = lo.copy()
+        k[0] += N - lo.sum()
+    else:
+        cand = np.unique((base[:, None] + np.arange(N + 1)[None, :] * block_s).ravel())
+
+        def feasible(t: float) -> bool:
+            kmax = np.floor((t - base) / block_s + 1e-9)
+            return bool((kmax >= lo).all() and np.minimum(kmax, N).sum() >= N)
+
+        lo_i, hi_i = 0, len(cand) - 1
+        if not feasible(cand[hi_i]):
+            return None
+        while lo_i < hi_i:
+            mid = (lo_i + hi_i) // 2
+            if feasible(cand[mid]):
+                hi_i = mid
+            else:
+                lo_i = mid + 1
+        t_star = cand[lo_i]
+        kmax = np.minimum(np.floor((t_star - base) / block_s + 1e-9).astype(np.int64), N)
+        k = np.zeros(p, dtype=np.int64)
+        left = N
+        for j in range(p):
+            k[j] = min(kmax[j], left - lo[j + 1:].sum())
+            left -= k[j]
+    cuts = [0, 1 + int(k[0])]
+    for j in range(1, p):
+        cuts.append(cuts[-1] + int(k[j]))
+    cuts[-1] += 1  # the last entry (head) belongs to the last stage
+    costs = tuple(float(base[j] + k[j] * block_s) for j in range(p))
+    return PartitionResult(tuple(cuts), max(costs), costs)
+
+
 def even_partition(num_layers: int, p: int) -> tuple[int, ...]:
     """Cut points that split `num_layers` entries into p nearly equal stages (larger stages first)."""
     base, extra = divmod(num_layers, p)

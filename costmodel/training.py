@@ -1,4 +1,4 @@
-"""Training step time and memory for one strategy.
+"""Training step time and memory.
 
 Step time = pipeline time + exposed data-parallel sync + optimizer step + fixed overhead.
 Pipeline time with stage times t_j per micro-batch (compute, TP and EP collectives,
@@ -6,10 +6,19 @@ stage-to-stage sends), m micro-batches and v virtual stages per device:
     T = m * max_j t_j + (sum_j t_j - max_j t_j) / v
 which is (m - 1) * max + sum for GPipe and 1F1B (AMP's form) and m*t + (p-1)*t/v
 for uniform interleaved stages (Narayanan et al. 2021).
+
+Everything is computed for a batch of G strategies at once (same pipeline depth
+and virtual stages), so the planner prices thousands of candidates with a few
+numpy operations and `estimate()` is the same code with G = 1:
+1. per-layer-class costs on each stage's devices (`class_cost_table`),
+2. the split of layers into stages: closed form for uniform models, exact DP
+   otherwise, memory-aware DP when asked (`build_stage_batch`),
+3. every ZeRO stage and schedule over each split (`assemble`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Sequence
 
 import numpy as np
 
@@ -17,15 +26,18 @@ from hardware_profiles.topology import Cluster
 
 from .comm import all_gather_s, all_reduce_s, p2p_s, reduce_scatter_s
 from .estimate import CostContext, Estimate, StageEstimate
-from .layercost import LayerTrainCost, Parallel, layer_train_cost
-from .layers import model_flops_per_token, param_split
+from .layercost import Parallel, layer_train_cost, token_count
+from .layers import attention_flops_per_token, model_flops_per_token, param_split
 from .layout import StageLinks, resolve_layout
 from .model import ModelSpec
-from .partition import even_partition, partition
+from .partition import even_partition, partition, uniform_partition
 from .strategy import Strategy
 from .workload import Training
 
 _WEIGHT_BYTES = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1}
+SCHEDULE_CODES = {"1f1b": 0, "gpipe": 1, "interleaved": 2}
+# per-class cost fields, per micro-batch: forward, backward, recompute, TP comm, EP comm (s); activations (bytes)
+FWD, BWD, REC, TPC, EPC, ACT = range(6)
 
 
 @dataclass(frozen=True)
@@ -47,255 +59,510 @@ def static_bytes(workload: Training) -> StaticBytes:
     return StaticBytes(weights=float(w), gradients=float(w), optimizer=opt)
 
 
-def zero_divisors(zero: int, ways: float) -> tuple[float, float, float]:
-    """How many ways weights, gradients and optimizer state are sharded under ZeRO."""
-    return (ways if zero >= 3 else 1.0, ways if zero >= 2 else 1.0, ways if zero >= 1 else 1.0)
+def _zero_div(zero: np.ndarray, ways: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """How many ways weights, gradients and optimizer state are sharded under each ZeRO stage."""
+    return (np.where(zero >= 3, ways, 1.0), np.where(zero >= 2, ways, 1.0), np.where(zero >= 1, ways, 1.0))
 
 
-def stage_parallel(strategy: Strategy, links: StageLinks, params_eff: float) -> Parallel:
-    return Parallel(tp=strategy.tp, ep=strategy.ep, ep_mode=strategy.ep_mode, sp=strategy.sequence_parallel,
-                    tp_bw_gbps=links.tp_bw_gbps * params_eff, tp_latency_s=links.tp_latency_s,
-                    ep_bw_gbps=links.ep_bw_gbps * params_eff, ep_latency_s=links.ep_latency_s)
+def expert_ways(s: Strategy) -> int:
+    """Data-parallel replication of expert weights (Megatron EP carves ep out of dp)."""
+    return max(s.dp // s.ep, 1) if s.ep_mode == "dp" else s.dp
 
 
-def layer_costs(model: ModelSpec, links: StageLinks, strategy: Strategy, workload: Training, ctx: CostContext
-                ) -> list[LayerTrainCost]:
-    p = ctx.params
+def class_cost_table(model: ModelSpec, ctx: CostContext, workload: Training,
+                     requests: Sequence[tuple[StageLinks, Strategy]]) -> np.ndarray:
+    """Costs of every layer class for each (stage links, strategy) request: array (n, K, 6).
+
+    Requests that differ only in micro-batch share one vectorised call per layer class."""
+    prm = ctx.params
     seq = workload.seq_len or model.seq_len
-    dev = ctx.device(links.gpu, workload.dtype)
-    par = stage_parallel(strategy, _scaled(links, p.collective_latency_factor), p.collective_efficiency)
-    cache: dict = {}
-    out = []
-    for lay in model.layers:
-        key = replace(lay, name="")
-        if key not in cache:
-            cache[key] = layer_train_cost(lay, dev, par, p, micro_batch=strategy.micro_batch, seq_len=seq,
-                                          recompute=strategy.recompute)
-        out.append(cache[key])
+    classes, _ = model.layer_classes
+    out = np.zeros((len(requests), len(classes), 6))
+    groups: dict[tuple, list[int]] = {}
+    for i, (lk, s) in enumerate(requests):
+        key = (lk.device_key, s.tp, s.ep, s.ep_mode, s.sequence_parallel, s.recompute)
+        groups.setdefault(key, []).append(i)
+    for key, idx in groups.items():
+        lk, s = requests[idx[0]]
+        dev = ctx.device(lk.gpu, workload.dtype)
+        lf = prm.collective_latency_factor
+        par = Parallel(tp=s.tp, ep=s.ep, ep_mode=s.ep_mode, sp=s.sequence_parallel,
+                       tp_bw_gbps=lk.tp_bw_gbps * prm.collective_efficiency, tp_latency_s=lk.tp_latency_s * lf,
+                       ep_bw_gbps=lk.ep_bw_gbps * prm.collective_efficiency, ep_latency_s=lk.ep_latency_s * lf)
+        mbs = np.array([requests[i][1].micro_batch for i in idx], dtype=float)
+        uniq, inv = np.unique(mbs, return_inverse=True)
+        for k, lay in enumerate(classes):
+            c = layer_train_cost(lay, dev, par, prm, micro_batch=uniq, seq_len=seq, recompute=s.recompute)
+            cols = [c.fwd_s, c.bwd_s, c.recompute_s, c.tp_comm_s, c.ep_comm_s, c.activation_bytes]
+            for f, col in enumerate(cols):
+                out[idx, k, f] = np.broadcast_to(np.asarray(col, dtype=float), uniq.shape)[inv]
     return out
 
 
-def _scaled(links: StageLinks, latency_factor: float) -> StageLinks:
-    if latency_factor == 1.0:
-        return links
-    return replace(links, tp_latency_s=links.tp_latency_s * latency_factor,
-                   dp_latency_s=links.dp_latency_s * latency_factor, ep_latency_s=links.ep_latency_s * latency_factor,
-                   next_latency_s=links.next_latency_s * latency_factor)
-
-
-def layer_param_arrays(model: ModelSpec, strategy: Strategy, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per layer: dense parameters held per GPU, expert parameters held per GPU."""
+def class_params(model: ModelSpec, s: Strategy, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per layer class: dense and expert parameters one GPU holds."""
+    classes, _ = model.layer_classes
     dense, expert = [], []
-    for lay in model.layers:
+    for lay in classes:
         sp = param_split(lay, seq_len)
-        dense.append(sp.replicated + sp.tp_sharded / strategy.tp)
-        expert.append(sp.expert / (strategy.ep * strategy.moe_tp))
+        dense.append(sp.replicated + sp.tp_sharded / s.tp)
+        expert.append(sp.expert / (s.ep * s.moe_tp))
     return np.array(dense), np.array(expert)
 
 
-def in_flight(schedule: str, p: int, m: int, v: int) -> np.ndarray:
-    """Micro-batches whose activations each stage holds at its peak (in units of a whole stage)."""
-    j = np.arange(p)
-    if schedule == "gpipe":
-        return np.full(p, float(m))
-    if schedule == "interleaved":
-        chunks = np.minimum(m * v, 2 * (p - j - 1) + (v - 1) * p + 1)
-        return chunks / v
-    return np.minimum(p - j, m).astype(float)
+def in_flight(schedule: np.ndarray, p: int, m: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Micro-batches whose activations each stage holds at its peak, in whole-stage units: (G, V, p)."""
+    sch = np.asarray(schedule)[None, :, None]
+    m = np.asarray(m, dtype=float)[:, None, None]
+    v = np.asarray(v, dtype=float)[:, None, None]
+    j = np.arange(p)[None, None, :]
+    one_f = np.minimum(p - j, m)
+    inter = np.minimum(m * v, 2 * (p - j - 1) + (v - 1) * p + 1) / v
+    return np.where(sch == SCHEDULE_CODES["gpipe"], m, np.where(sch == SCHEDULE_CODES["interleaved"], inter, one_f))
+
+
+@dataclass(frozen=True)
+class StageBatch:
+    """G strategies (same pp and virtual stages) with their layers split into stages.
+
+    Arrays are (G, p) per stage and per micro-batch unless noted; `cuts` is (G, p*v + 1)."""
+
+    strategies: tuple[Strategy, ...]
+    links: tuple[tuple[StageLinks, ...], ...]
+    cuts: np.ndarray
+    m: np.ndarray  # (G,) micro-batches per step
+    stage_t: np.ndarray
+    compute_mb: np.ndarray
+    bwd_mb: np.ndarray
+    tp_mb: np.ndarray
+    ep_mb: np.ndarray
+    p2p_mb: np.ndarray
+    rec_mb: np.ndarray
+    dense_params: np.ndarray
+    expert_params: np.ndarray
+    act_mb: np.ndarray
+    max_layer_params: np.ndarray  # (G,)
+    tied_sync_s: np.ndarray  # (G,)
+    dp_bw: np.ndarray
+    dp_lat: np.ndarray
+    mem_gbps: np.ndarray
+    caps: np.ndarray
+
+    @property
+    def pp(self) -> int:
+        return self.strategies[0].pp
+
+    @property
+    def v(self) -> int:
+        return self.strategies[0].virtual_stages
+
+
+def _uniform_cuts(T: np.ndarray, extra: np.ndarray, num_blocks: int) -> np.ndarray:
+    """Exact bottleneck split of [embed, N blocks, head] for G groups at once, by bisection on the stage time.
+
+    T: (G, p, 3) stage-device time of (embedding, block, head); extra: (G, p) constant per-stage cost."""
+    G, p, _ = T.shape
+    N = num_blocks
+    e, c, h = T[:, 0, 0], T[:, 0, 1], T[:, -1, 2]
+    base = extra.copy()
+    base[:, 0] += e
+    base[:, -1] += h
+    lo = np.ones(p)
+    lo[0] = 0
+    lo[-1] = 0 if p > 1 else N
+    if p == 1:
+        return np.tile(np.array([0, N + 2]), (G, 1))
+    c_safe = np.maximum(c, 1e-300)[:, None]
+
+    def feasible(t: np.ndarray) -> np.ndarray:
+        kmax = np.floor((t[:, None] - base) / c_safe + 1e-9)
+        return (kmax >= lo).all(axis=1) & (np.minimum(kmax, N).sum(axis=1) >= N)
+
+    hi = base.max(axis=1) + N * c
+    low = np.maximum(base.max(axis=1), 0.0) * 0.0
+    for _ in range(80):
+        mid = 0.5 * (low + hi)
+        ok = feasible(mid)
+        hi = np.where(ok, mid, hi)
+        low = np.where(ok, low, mid)
+    kmax = np.minimum(np.floor((hi[:, None] - base) / c_safe + 1e-9), N)
+    k = np.zeros((G, p))
+    left = np.full(G, float(N))
+    for j in range(p):
+        k[:, j] = np.minimum(kmax[:, j], left - lo[j + 1:].sum())
+        left -= k[:, j]
+    cuts = np.zeros((G, p + 1))
+    cuts[:, 1:] = 1 + np.cumsum(k, axis=1)
+    cuts[:, -1] += 1
+    return cuts.astype(np.int64)
+
+
+def _boundary_bytes(model: ModelSpec, workload: Training, strategies: Sequence[Strategy]) -> np.ndarray:
+    """(G, L + 1): bytes each TP rank sends at a cut before layer i (one micro-batch of activations)."""
+    seq = workload.seq_len or model.seq_len
+    b = _WEIGHT_BYTES[workload.dtype]
+    hfac = np.array([0.0] + [token_count(lay, seq) * lay.hidden for lay in model.layers])
+    scale = np.array([s.micro_batch * b / s.tp for s in strategies])
+    return scale[:, None] * hfac[None, :]
+
+
+def build_stage_batch(model: ModelSpec, cluster: Cluster, workload: Training, ctx: CostContext,
+                      strategies: Sequence[Strategy], *, cuts: np.ndarray | None = None) -> StageBatch:
+    """Costs of G strategies sharing pp and virtual stages, with the time-optimal split (or the given `cuts`,
+    or each strategy's own `stages`)."""
+    strategies = tuple(strategies)
+    prm = ctx.params
+    seq = workload.seq_len or model.seq_len
+    G = len(strategies)
+    p, v = strategies[0].pp, strategies[0].virtual_stages
+    L = len(model.layers)
+    classes, cls_index = model.layer_classes
+    cls_index = np.asarray(cls_index)
+    K = len(classes)
+    links = tuple(resolve_layout(cluster, s, workload.dtype) for s in strategies)
+    requests, req_of = [], {}
+    ridx = np.zeros((G, p), dtype=np.int64)
+    for g, s in enumerate(strategies):
+        for j in range(p):
+            key = (links[g][j].device_key, s.tp, s.ep, s.ep_mode, s.sequence_parallel, s.recompute, s.micro_batch)
+            if key not in req_of:
+                req_of[key] = len(requests)
+                requests.append((links[g][j], s))
+            ridx[g, j] = req_of[key]
+    table = class_cost_table(model, ctx, workload, requests)
+    C = table[ridx]  # (G, p, K, 6)
+    t_cls = C[..., FWD] + C[..., BWD] + C[..., REC] + C[..., TPC] + C[..., EPC]  # (G, p, K)
+    same_stage = (ridx == ridx[:, :1]).all(axis=1)
+    m = np.array([workload.global_batch // s.dp // s.micro_batch for s in strategies])
+
+    bnd = _boundary_bytes(model, workload, strategies)
+    nb_bw = np.array([[lk.next_bw_gbps for lk in lks] for lks in links]) * prm.collective_efficiency
+    nb_lat = np.array([[lk.next_latency_s for lk in lks] for lks in links]) * prm.collective_latency_factor
+    chunks = p * v
+
+    if cuts is None:
+        cuts = np.zeros((G, chunks + 1), dtype=np.int64)
+        given = [g for g, s in enumerate(strategies) if s.stages is not None]
+        for g in given:
+            cuts[g] = strategies[g].stages
+        todo = np.array([g for g in range(G) if strategies[g].stages is None], dtype=np.int64)
+        if len(todo):
+            fast = todo[same_stage[todo]] if model.is_uniform else np.array([], dtype=np.int64)
+            if len(fast):
+                T3 = t_cls[fast][:, :, [cls_index[0], cls_index[1], cls_index[-1]]]
+                if v == 1:
+                    one = float(np.max(bnd[fast, 1]))  # uniform model: every cut sends the same bytes
+                    out = np.where(np.arange(p) < p - 1, p2p_s(bnd[fast, 1:2], nb_bw[fast], nb_lat[fast]), 0.0)
+                    inn = np.zeros_like(out)
+                    inn[:, 1:] = p2p_s(bnd[fast, 1:2], nb_bw[fast, :-1], nb_lat[fast, :-1])
+                    del one
+                    cuts[fast] = _uniform_cuts(T3, out + inn, L - 2)
+                else:
+                    cuts[fast] = _uniform_cuts(np.repeat(T3, v, axis=1)[:, :chunks], np.zeros((len(fast), chunks)),
+                                               L - 2)
+            slow = np.setdiff1d(todo, fast)
+            for g in slow:
+                t_layer = t_cls[g][:, cls_index]  # (p, L)
+                if v == 1:
+                    out, inn = _p2p_matrices(bnd[g], nb_bw[g], nb_lat[g], p)
+                    res = partition(t_layer, weight=float(m[g] - 1), out_cost=out, in_cost=inn)
+                else:
+                    res = partition(t_layer[np.arange(chunks) % p], weight=float(m[g] * v - 1))
+                cuts[g] = res.boundaries if res.feasible else even_partition(L, chunks)
+    cuts = np.asarray(cuts, dtype=np.int64)
+
+    # layer-class counts per stage: (G, p, K)
+    onehot_prefix = np.zeros((L + 1, K))
+    onehot_prefix[1:] = np.cumsum(np.eye(K)[cls_index], axis=0)
+    chunk_counts = onehot_prefix[cuts[:, 1:]] - onehot_prefix[cuts[:, :-1]]  # (G, chunks, K)
+    counts = chunk_counts.reshape(G, v, p, K).sum(axis=1) if v > 1 else chunk_counts
+
+    def per_stage(field: int) -> np.ndarray:
+        return (counts * C[..., field]).sum(axis=2)
+
+    if v == 1:
+        gi = np.arange(G)[:, None]
+        out_b = bnd[gi, cuts[:, 1:]]  # bytes leaving stage j at its end
+        in_b = bnd[gi, cuts[:, :-1]]
+        p2p = np.zeros((G, p))
+        p2p[:, :-1] += p2p_s(out_b[:, :-1], nb_bw[:, :-1], nb_lat[:, :-1])
+        p2p[:, 1:] += p2p_s(in_b[:, 1:], nb_bw[:, :-1], nb_lat[:, :-1])
+    else:
+        worst = p2p_s(bnd.max(axis=1)[:, None], nb_bw[:, :-1], nb_lat[:, :-1]).max(axis=1)
+        p2p = np.repeat((2.0 * v * worst)[:, None], p, axis=1)
+    compute = per_stage(FWD) + per_stage(BWD) + per_stage(REC)
+    tp_mb, ep_mb = per_stage(TPC), per_stage(EPC)
+
+    dense_rows, expert_rows, max_layer = [], [], []
+    for s in strategies:
+        d, e = class_params(model, s, seq)
+        dense_rows.append(d)
+        expert_rows.append(e)
+        max_layer.append(float(np.max(d + e)))
+    dense_cls, expert_cls = np.array(dense_rows), np.array(expert_rows)  # (G, K)
+    dense_params = (counts * dense_cls[:, None, :]).sum(axis=2)
+    expert_params = (counts * expert_cls[:, None, :]).sum(axis=2)
+    head = model.layers[-1]
+    tied_sync = np.zeros(G)
+    if head.kind == "head" and head.tied and p > 1:
+        gb = _WEIGHT_BYTES[workload.grad_dtype or workload.dtype]
+        for g, s in enumerate(strategies):
+            copy = head.vocab * head.hidden / s.tp
+            dense_params[g, -1] += copy  # the last stage keeps its own copy of the tied embedding
+            lk = links[g][0]
+            tied_sync[g] = float(all_reduce_s(copy * gb, 2, min(lk.next_bw_gbps, lk.dp_bw_gbps) *
+                                              prm.collective_efficiency, lk.next_latency_s))
+    caps = np.array([[lk.memory_bytes * prm.memory_usable_fraction for lk in lks] for lks in links])
+    return StageBatch(
+        strategies=strategies, links=links, cuts=cuts, m=m, stage_t=compute + tp_mb + ep_mb + p2p,
+        compute_mb=compute, bwd_mb=per_stage(BWD), tp_mb=tp_mb, ep_mb=ep_mb, p2p_mb=p2p, rec_mb=per_stage(REC),
+        dense_params=dense_params, expert_params=expert_params, act_mb=per_stage(ACT),
+        max_layer_params=np.array(max_layer), tied_sync_s=tied_sync,
+        dp_bw=np.array([[lk.dp_bw_gbps for lk in lks] for lks in links]) * prm.collective_efficiency,
+        dp_lat=np.array([[lk.dp_latency_s for lk in lks] for lks in links]) * prm.collective_latency_factor,
+        mem_gbps=np.array([[ctx.device(lk.gpu, workload.dtype).memory_gbps for lk in lks] for lks in links]),
+        caps=caps)
+
+
+def _p2p_matrices(bnd: np.ndarray, nb_bw: np.ndarray, nb_lat: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray]:
+    """(p, L + 1) cost of the forward send at a stage's end cut and the backward send at its start cut."""
+    out = np.zeros((p, len(bnd)))
+    inn = np.zeros((p, len(bnd)))
+    for j in range(p):
+        if j < p - 1:
+            out[j] = p2p_s(bnd, nb_bw[j], nb_lat[j])
+        if j > 0:
+            inn[j] = p2p_s(bnd, nb_bw[j - 1], nb_lat[j - 1])
+    return out, inn
+
+
+def memory_aware_cuts(model: ModelSpec, cluster: Cluster, workload: Training, ctx: CostContext, s: Strategy
+                      ) -> tuple[int, ...] | None:
+    """AMP's pipeline DP with memory limits for one strategy (its own ZeRO stage and schedule); None when no
+    split fits."""
+    if s.virtual_stages > 1 or s.pp == 1:
+        return None
+    batch = build_stage_batch(model, cluster, workload, ctx, [s])
+    p, L = s.pp, len(model.layers)
+    classes, cls_index = model.layer_classes
+    cls_index = np.asarray(cls_index)
+    links = batch.links[0]
+    reqs = [(links[j], s) for j in range(p)]
+    C = class_cost_table(model, ctx, workload, reqs)  # (p, K, 6)
+    t_layer = (C[..., FWD] + C[..., BWD] + C[..., REC] + C[..., TPC] + C[..., EPC])[:, cls_index]
+    act_layer = C[..., ACT][:, cls_index]
+    seq = workload.seq_len or model.seq_len
+    dense_cls, expert_cls = class_params(model, s, seq)
+    sb = static_bytes(workload)
+    zero = np.array([s.zero])
+    wd, gd, od = (float(x[0]) for x in _zero_div(zero, np.array([s.dp])))
+    we, ge, oe = (float(x[0]) for x in _zero_div(zero, np.array([expert_ways(s)])))
+    static = dense_cls[cls_index] * (sb.weights / wd + sb.gradients / gd + sb.optimizer / od) + \
+        expert_cls[cls_index] * (sb.weights / we + sb.gradients / ge + sb.optimizer / oe)
+    flight = in_flight(np.array([SCHEDULE_CODES[s.schedule]]), p, batch.m, np.array([1]))[0, 0]
+    layer_mem = static[None, :] + flight[:, None] * act_layer
+    head = model.layers[-1]
+    if head.kind == "head" and head.tied:
+        layer_mem[1:, -1] += head.vocab * head.hidden / s.tp * (sb.weights / wd + sb.gradients / gd + sb.optimizer / od)
+    reserved = float(_reserved(ctx.params.memory_reserved_bytes, zero, batch.max_layer_params, sb)[0])
+    nb_bw = np.array([lk.next_bw_gbps for lk in links]) * ctx.params.collective_efficiency
+    nb_lat = np.array([lk.next_latency_s for lk in links]) * ctx.params.collective_latency_factor
+    out, inn = _p2p_matrices(_boundary_bytes(model, workload, [s])[0], nb_bw, nb_lat, p)
+    res = partition(t_layer, weight=float(batch.m[0] - 1), out_cost=out, in_cost=inn, layer_mem=layer_mem,
+                    mem_fixed=np.full(p, reserved), mem_cap=batch.caps[0])
+    return res.boundaries if res.feasible else None
+
+
+def _reserved(base: float, zero: np.ndarray, max_layer_params: np.ndarray, sb: StaticBytes) -> np.ndarray:
+    # ZeRO-3 keeps the all-gathered weights of the largest layer, current and prefetched
+    return base + np.where(np.asarray(zero)[None, :] >= 3, 2 * np.asarray(max_layer_params)[:, None] * sb.weights,
+                           0.0)
+
+
+@dataclass(frozen=True)
+class Assembled:
+    """Prices of V variants (ZeRO stage, schedule) over each of G splits: (G, V) or (G, V, p)."""
+
+    time_s: np.ndarray
+    pipeline_s: np.ndarray
+    bubble_s: np.ndarray
+    dp_total_s: np.ndarray
+    dp_exposed_s: np.ndarray
+    optimizer_s: np.ndarray
+    memory: dict
+    stage_mem: np.ndarray
+    slow: np.ndarray  # (G,) index of the slowest stage
+
+
+def assemble(batch: StageBatch, workload: Training, ctx: CostContext, zero: np.ndarray, schedule: np.ndarray
+             ) -> Assembled:
+    prm = ctx.params
+    G, p = batch.stage_t.shape
+    zero = np.asarray(zero)
+    schedule = np.asarray(schedule)
+    V = len(zero)
+    sb = static_bytes(workload)
+    dp = np.array([s.dp for s in batch.strategies], dtype=float)
+    ew = np.array([expert_ways(s) for s in batch.strategies], dtype=float)
+    z = zero[None, :, None]
+    wd, gd, od = _zero_div(z, dp[:, None, None])
+    we, ge, oe = _zero_div(z, ew[:, None, None])
+    dense = batch.dense_params[:, None, :]
+    expert = batch.expert_params[:, None, :]
+    flight = in_flight(schedule, p, batch.m, np.full(G, batch.v))
+    reserved = _reserved(prm.memory_reserved_bytes, zero, batch.max_layer_params, sb)[:, :, None]
+    memory = {
+        "weights": dense * sb.weights / wd + expert * sb.weights / we,
+        "gradients": dense * sb.gradients / gd + expert * sb.gradients / ge,
+        "optimizer": dense * sb.optimizer / od + expert * sb.optimizer / oe,
+        "activations": batch.act_mb[:, None, :] * flight,
+        "kv_cache": np.zeros((G, V, p)),
+        "reserved": np.broadcast_to(reserved, (G, V, p)),
+    }
+    stage_mem = sum(memory.values())
+
+    gb = _WEIGHT_BYTES[workload.grad_dtype or workload.dtype]
+    bw, lat = batch.dp_bw[:, None, :], batch.dp_lat[:, None, :]
+    m = batch.m[:, None, None].astype(float)
+    dp_time = np.zeros((G, V, p))
+    for count, ways in ((dense, dp[:, None, None]), (expert, ew[:, None, None])):
+        ar = all_reduce_s(count * gb, ways, bw, lat)
+        rs = reduce_scatter_s(count * gb, ways, bw, lat)
+        ag = all_gather_s(count * sb.weights, ways, bw, lat)
+        dp_time = dp_time + np.where(z == 0, ar, np.where(z <= 2, rs + ag, m * (2 * ag + rs)))
+    window = prm.dp_overlap * np.where(z >= 3, m * batch.compute_mb[:, None, :], batch.bwd_mb[:, None, :])
+    exposed = np.maximum(dp_time - window, 0.0)
+    opt_time = (dense / od + expert / oe) * prm.optimizer_bytes_per_param / (batch.mem_gbps[:, None, :] * 1e9)
+    slow = np.argmax(batch.stage_t, axis=1)
+    t_max = batch.stage_t.max(axis=1)
+    bubble = (batch.stage_t.sum(axis=1) - t_max) / batch.v
+    pipe = batch.m * t_max + bubble
+    opt_total = opt_time.max(axis=2) + batch.tied_sync_s[:, None]
+    step = pipe[:, None] + exposed.max(axis=2) + opt_total + prm.step_overhead_s
+    return Assembled(time_s=step, pipeline_s=np.broadcast_to(pipe[:, None], (G, V)),
+                     bubble_s=np.broadcast_to(bubble[:, None], (G, V)), dp_total_s=dp_time,
+                     dp_exposed_s=exposed.max(axis=2), optimizer_s=opt_total, memory=memory, stage_mem=stage_mem,
+                     slow=slow)
+
+
+def breakdown_arrays(batch: StageBatch, a: Assembled) -> dict[str, np.ndarray]:
+    """The additive time terms, (G, V): they sum to `a.time_s`."""
+    gi = np.arange(len(batch.strategies))
+    m = batch.m.astype(float)
+    slow = a.slow
+    V = a.time_s.shape[1]
+
+    def rep(x: np.ndarray) -> np.ndarray:
+        return np.repeat((m * x[gi, slow])[:, None], V, axis=1)
+
+    return {
+        "compute_s": rep(batch.compute_mb), "tp_comm_s": rep(batch.tp_mb), "ep_comm_s": rep(batch.ep_mb),
+        "pp_comm_s": rep(batch.p2p_mb), "bubble_s": np.asarray(a.bubble_s), "dp_comm_exposed_s": a.dp_exposed_s,
+        "optimizer_s": a.optimizer_s,
+        "overhead_s": a.time_s - a.pipeline_s - a.dp_exposed_s - a.optimizer_s,
+    }
+
+
+def model_flops_per_step(model: ModelSpec, workload: Training) -> float:
+    seq = workload.seq_len or model.seq_len
+    return 3.0 * workload.global_batch * sum(model_flops_per_token(lay, seq) * token_count(lay, seq)
+                                             for lay in model.layers)
+
+
+def recompute_flops_per_sample(model: ModelSpec, recompute: str, seq: int) -> float:
+    """Forward FLOPs executed again per sample by activation recompute (full: whole blocks; selective:
+    the attention core)."""
+    if recompute == "none":
+        return 0.0
+    total = 0.0
+    for lay in model.layers:
+        if lay.kind != "transformer":
+            continue
+        tokens = token_count(lay, seq)
+        span = lay.attention_span or tokens
+        if recompute == "full":
+            total += model_flops_per_token(lay, seq) * tokens
+        else:
+            total += attention_flops_per_token(lay, span) * tokens
+    return total
+
+
+def peak_flops(cluster: Cluster, dtype: str) -> float:
+    total = 0.0
+    for g in cluster.gpus:
+        try:
+            total += g.peak_tflops(dtype) * 1e12
+        except Exception:
+            pass
+    return total
 
 
 def estimate_training(model: ModelSpec, cluster: Cluster, strategy: Strategy, workload: Training,
                       ctx: CostContext) -> Estimate:
     s = strategy
-    prm = ctx.params
+    cuts = None
+    if s.stages is None and s.pp > 1 and s.virtual_stages == 1:
+        first = build_stage_batch(model, cluster, workload, ctx, [s])
+        a = assemble(first, workload, ctx, np.array([s.zero]), np.array([SCHEDULE_CODES[s.schedule]]))
+        if (a.stage_mem[0, 0] > first.caps[0]).any():
+            aware = memory_aware_cuts(model, cluster, workload, ctx, s)
+            if aware is not None:
+                cuts = np.array([aware])
+        if cuts is None:
+            return to_estimate(model, cluster, workload, first, a, 0, 0)
+    batch = build_stage_batch(model, cluster, workload, ctx, [s], cuts=cuts)
+    a = assemble(batch, workload, ctx, np.array([s.zero]), np.array([SCHEDULE_CODES[s.schedule]]))
+    return to_estimate(model, cluster, workload, batch, a, 0, 0)
+
+
+def to_estimate(model: ModelSpec, cluster: Cluster, workload: Training, batch: StageBatch, a: Assembled, g: int,
+                var: int, strategy: Strategy | None = None) -> Estimate:
+    s = strategy or batch.strategies[g]
+    p = s.pp
     seq = workload.seq_len or model.seq_len
-    pp, dp, v = s.pp, s.dp, s.virtual_stages
-    m = workload.global_batch // dp // s.micro_batch
-    links = resolve_layout(cluster, s, workload.dtype)
-    L = len(model.layers)
-    b = _WEIGHT_BYTES[workload.dtype]
-
-    # per stage (device) and layer: time per micro-batch, activation bytes, parameters held
-    costs = [layer_costs(model, links[j], s, workload, ctx) for j in range(pp)]
-    t_layer = np.array([[c.total_s for c in cj] for cj in costs])  # (pp, L)
-    act_layer = np.array([[c.activation_bytes for c in cj] for cj in costs])
-    dense_p, expert_p = layer_param_arrays(model, s, seq)
-    head_tied = model.layers[-1].kind == "head" and model.layers[-1].tied
-    sb = static_bytes(workload)
-    ew = max(dp // s.ep, 1) if s.ep_mode == "dp" else dp  # replication of expert weights
-    wd, gd, od = zero_divisors(s.zero, dp)
-    we, ge, oe = zero_divisors(s.zero, ew)
-    static_layer = dense_p * (sb.weights / wd + sb.gradients / gd + sb.optimizer / od) + \
-        expert_p * (sb.weights / we + sb.gradients / ge + sb.optimizer / oe)
-    tied_copy = model.layers[-1].vocab * model.layers[-1].hidden / s.tp if head_tied else 0.0
-    flight = in_flight(s.schedule, pp, m, v)
-    reserved = prm.memory_reserved_bytes
-    if s.zero >= 3:  # all-gathered weights of the largest layer, current and prefetched
-        reserved += 2 * float(np.max(dense_p + expert_p)) * sb.weights
-    caps = np.array([lk.memory_bytes * prm.memory_usable_fraction for lk in links])
-
-    # boundary traffic: activation of the layer before the cut, one micro-batch, split over TP ranks
-    rows = s.micro_batch * seq
-    bnd_bytes = np.array([0.0] + [rows * (lay.seq_len or seq) / seq * lay.hidden * b / s.tp
-                                  for lay in model.layers])  # index = cut position
-    notes: list[str] = []
-    if v == 1:
-        out_cost = np.zeros((pp, L + 1))
-        in_cost = np.zeros((pp, L + 1))
-        for j in range(pp):
-            if j < pp - 1:
-                out_cost[j] = p2p_s(bnd_bytes, links[j].next_bw_gbps * prm.collective_efficiency,
-                                    links[j].next_latency_s)
-            if j > 0:
-                in_cost[j] = p2p_s(bnd_bytes, links[j - 1].next_bw_gbps * prm.collective_efficiency,
-                                   links[j - 1].next_latency_s)
-        layer_mem = static_layer[None, :] + flight[:, None] * act_layer
-        if head_tied and pp > 1:
-            layer_mem[1:, -1] += tied_copy * (sb.weights / wd + sb.gradients / gd + sb.optimizer / od)
-        if s.stages is not None:
-            cuts = s.stages
-        else:
-            res = partition(t_layer, weight=float(m - 1), out_cost=out_cost, in_cost=in_cost, layer_mem=layer_mem,
-                            mem_fixed=np.full(pp, reserved), mem_cap=caps)
-            if res.feasible:
-                cuts = res.boundaries
-            else:  # nothing fits: still price the time-optimal split and report the shortfall
-                res = partition(t_layer, weight=float(m - 1), out_cost=out_cost, in_cost=in_cost)
-                cuts = res.boundaries if res.feasible else even_partition(L, pp)
-        stage_t = np.array([t_layer[j, cuts[j]:cuts[j + 1]].sum() + out_cost[j, cuts[j + 1]] + in_cost[j, cuts[j]]
-                            for j in range(pp)])
-        stage_p2p = np.array([out_cost[j, cuts[j + 1]] + in_cost[j, cuts[j]] for j in range(pp)])
-        members = [list(range(cuts[j], cuts[j + 1])) for j in range(pp)]
-    else:
-        chunks = pp * v
-        chunk_dev = np.arange(chunks) % pp
-        t_chunk = t_layer[chunk_dev]
-        res = partition(t_chunk, weight=float(m * v - 1))
-        cuts = res.boundaries if res.feasible else even_partition(L, chunks)
-        members = [[] for _ in range(pp)]
-        for c in range(chunks):
-            members[c % pp].extend(range(cuts[c], cuts[c + 1]))
-        worst_p2p = max((float(p2p_s(bnd_bytes.max(), lk.next_bw_gbps * prm.collective_efficiency,
-                                     lk.next_latency_s)) for lk in links[:-1]), default=0.0)
-        stage_p2p = np.full(pp, 2.0 * v * worst_p2p)
-        stage_t = np.array([t_layer[j, members[j]].sum() for j in range(pp)]) + stage_p2p
-        notes.append(f"interleaved: {chunks} chunks, cut points {list(cuts)}")
-        cuts = None
-
-    # memory per stage
-    stage_mem = []
-    stage_terms = []
-    for j in range(pp):
-        idx = members[j]
-        dense_j = float(dense_p[idx].sum()) + (tied_copy if head_tied and pp > 1 and j > 0 and (L - 1) in idx else 0.0)
-        expert_j = float(expert_p[idx].sum())
-        terms = {
-            "weights": dense_j * sb.weights / wd + expert_j * sb.weights / we,
-            "gradients": dense_j * sb.gradients / gd + expert_j * sb.gradients / ge,
-            "optimizer": dense_j * sb.optimizer / od + expert_j * sb.optimizer / oe,
-            "activations": float(act_layer[j, idx].sum()) * flight[j],
-            "kv_cache": 0.0,
-            "reserved": reserved,
-        }
-        stage_terms.append(terms)
-        stage_mem.append(sum(terms.values()))
-    stage_mem = np.array(stage_mem)
-
-    # data-parallel synchronisation, per stage; all stages sync together after the flush
-    gb = _WEIGHT_BYTES[workload.grad_dtype or workload.dtype]
-    dp_time = np.zeros(pp)
-    for j in range(pp):
-        lk = links[j]
-        bw = lk.dp_bw_gbps * prm.collective_efficiency
-        lat = lk.dp_latency_s * prm.collective_latency_factor
-        dense_j = float(dense_p[members[j]].sum())
-        expert_j = float(expert_p[members[j]].sum())
-        t = 0.0
-        for count, ways in ((dense_j, dp), (expert_j, ew)):
-            if count == 0 or ways == 1:
-                continue
-            if s.zero == 0:
-                t += float(all_reduce_s(count * gb, ways, bw, lat))
-            elif s.zero in (1, 2):
-                t += float(reduce_scatter_s(count * gb, ways, bw, lat) + all_gather_s(count * sb.weights, ways, bw, lat))
-            else:
-                per_mb = 2 * all_gather_s(count * sb.weights, ways, bw, lat) + reduce_scatter_s(count * gb, ways, bw, lat)
-                t += float(m * per_mb)
-        dp_time[j] = t
-    bwd_mb = np.array([sum(costs[j][i].bwd_s for i in members[j]) for j in range(pp)])
-    compute_mb = np.array([sum(costs[j][i].compute_s for i in members[j]) for j in range(pp)])
-    window = prm.dp_overlap * (m * compute_mb if s.zero >= 3 else bwd_mb)
-    dp_exposed = np.maximum(dp_time - window, 0.0)
-
-    # optimizer step: memory-bound pass over the local optimizer state
-    opt_params = np.array([float(dense_p[members[j]].sum()) / od + float(expert_p[members[j]].sum()) / oe
-                           for j in range(pp)])
-    opt_time = np.array([opt_params[j] * prm.optimizer_bytes_per_param /
-                         (ctx.device(links[j].gpu, workload.dtype).memory_gbps * 1e9) for j in range(pp)])
-    tied_sync = 0.0
-    if head_tied and pp > 1:
-        lk = links[0]
-        tied_sync = float(all_reduce_s(tied_copy * gb, 2, min(lk.next_bw_gbps, lk.dp_bw_gbps) * prm.collective_efficiency,
-                                       lk.next_latency_s))
-
-    # pipeline
-    slow = int(np.argmax(stage_t))
-    t_max = float(stage_t[slow])
-    pipe = m * t_max + (float(stage_t.sum()) - t_max) / v
-    step = pipe + float(dp_exposed.max()) + float(opt_time.max()) + tied_sync + prm.step_overhead_s
-    tp_mb = sum(costs[slow][i].tp_comm_s for i in members[slow])
-    ep_mb = sum(costs[slow][i].ep_comm_s for i in members[slow])
-    rec_mb = sum(costs[slow][i].recompute_s for i in members[slow])
-    breakdown = {
-        "compute_s": m * float(compute_mb[slow]),
-        "tp_comm_s": m * tp_mb,
-        "ep_comm_s": m * ep_mb,
-        "pp_comm_s": m * float(stage_p2p[slow]),
-        "bubble_s": (float(stage_t.sum()) - t_max) / v,
-        "dp_comm_exposed_s": float(dp_exposed.max()),
-        "optimizer_s": float(opt_time.max()) + tied_sync,
-        "overhead_s": prm.step_overhead_s,
-        # informational
-        "recompute_s": m * rec_mb,
-        "dp_comm_total_s": float(dp_time.max()),
-        "dp_comm_overlapped_s": float((dp_time - dp_exposed)[int(np.argmax(dp_exposed))]),
-        "stage_time_max_s": t_max,
-        "micro_batches": float(m),
-    }
-
-    # throughput and utilisation
-    tokens = workload.global_batch * seq
-    model_flops = 3.0 * workload.global_batch * sum(
-        model_flops_per_token(lay, seq) * (lay.seq_len or seq) for lay in model.layers)
-    peak = sum(_peak(g, workload.dtype) for g in cluster.gpus) * 1e12
-    rec_flops = 0.0
-    if s.recompute == "full":
-        rec_flops = model_flops / 3.0 * sum(1 for lay in model.layers if lay.kind == "transformer") / max(
-            sum(1 for lay in model.layers if lay.kind != "embedding"), 1)
-    mfu = model_flops / (step * peak) if peak else 0.0
-    hfu = (model_flops + rec_flops) / (step * peak) if peak else 0.0
-
-    stages = tuple(
-        StageEstimate(index=j, first_layer=min(members[j]), end_layer=max(members[j]) + 1, gpu=links[j].gpu.name,
-                      time_s=float(stage_t[j]), compute_s=float(compute_mb[j]), memory_bytes=float(stage_mem[j]),
-                      memory_capacity_bytes=float(caps[j]), memory=stage_terms[j])
-        for j in range(pp))
+    m = int(batch.m[g])
+    slow = int(a.slow[g])
+    step = float(a.time_s[g, var])
+    stage_mem = a.stage_mem[g, var]
+    terms = [{k: float(v[g, var, j]) for k, v in a.memory.items()} for j in range(p)]
+    caps = batch.caps[g]
     over = stage_mem - caps
-    worst = int(np.argmax(over))
-    fullest = int(np.argmax(stage_mem))
+    worst, fullest = int(np.argmax(over)), int(np.argmax(stage_mem))
     fits = bool((over <= 0).all())
+    bd = breakdown_arrays(batch, a)
+    breakdown = {k: float(v[g, var]) for k, v in bd.items()}
+    exposed_stage = int(np.argmax(a.dp_total_s[g, var]))
+    breakdown.update({
+        "recompute_s": m * float(batch.rec_mb[g, slow]),
+        "dp_comm_total_s": float(a.dp_total_s[g, var].max()),
+        "dp_comm_overlapped_s": float(a.dp_total_s[g, var, exposed_stage]) - float(a.dp_exposed_s[g, var]),
+        "stage_time_max_s": float(batch.stage_t[g, slow]),
+        "micro_batches": float(m),
+    })
+    model_flops = model_flops_per_step(model, workload)
+    peak = peak_flops(cluster, workload.dtype)
+    rec_flops = workload.global_batch * recompute_flops_per_sample(model, s.recompute, seq)
+    cuts = tuple(int(c) for c in batch.cuts[g])
+    links = batch.links[g]
+    notes = []
     if links[slow].num_gpu_types > 1:
         notes.append(f"stage {slow} mixes GPU types; its slowest GPU ({links[slow].gpu.name}) sets its pace")
-    final = s if (s.stages is not None or cuts is None) else s.with_(stages=tuple(int(c) for c in cuts))
+    if s.virtual_stages > 1:
+        notes.append(f"interleaved: {len(cuts) - 1} chunks, cut points {list(cuts)}")
+        members = [[i for c in range(j, len(cuts) - 1, p) for i in range(cuts[c], cuts[c + 1])] for j in range(p)]
+        final = s
+    else:
+        members = [list(range(cuts[j], cuts[j + 1])) for j in range(p)]
+        final = s if s.stages is not None else s.with_(stages=cuts)
+    stages = tuple(
+        StageEstimate(index=j, first_layer=min(members[j]), end_layer=max(members[j]) + 1, gpu=links[j].gpu.name,
+                      time_s=float(batch.stage_t[g, j]), compute_s=float(batch.compute_mb[g, j]),
+                      memory_bytes=float(stage_mem[j]), memory_capacity_bytes=float(caps[j]), memory=terms[j])
+        for j in range(p))
     return Estimate(
-        kind="training", strategy=final, time_s=step, tokens_per_s=tokens / step,
-        memory_per_gpu_bytes=float(stage_mem[fullest]), memory_capacity_bytes=float(caps[fullest]),
-        fits=fits, shortfall_bytes=float(max(over[worst], 0.0)), memory=stage_terms[worst if not fits else fullest],
-        breakdown=breakdown, stages=stages, num_gpus=cluster.num_gpus, mfu=mfu, hfu=hfu, notes=tuple(notes))
-
-
-def _peak(gpu, dtype: str) -> float:
-    try:
-        return gpu.peak_tflops(dtype)
-    except Exception:
-        return 0.0
+        kind="training", strategy=final, time_s=step, tokens_per_s=workload.global_batch * seq / step,
+        memory_per_gpu_bytes=float(stage_mem[fullest]), memory_capacity_bytes=float(caps[fullest]), fits=fits,
+        shortfall_bytes=float(max(over[worst], 0.0)), memory=terms[worst if not fits else fullest],
+        breakdown=breakdown, stages=stages, num_gpus=cluster.num_gpus,
+        mfu=model_flops / (step * peak) if peak else 0.0,
+        hfu=(model_flops + rec_flops) / (step * peak) if peak else 0.0, notes=tuple(notes))

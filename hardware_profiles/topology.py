@@ -327,6 +327,12 @@ class Cluster:
     def with_nodes(self, nodes: Iterable[Node]) -> "Cluster":
         return replace(self, nodes=tuple(nodes))
 
+    def first_gpus(self, count: int) -> "Cluster":
+        """The sub-cluster made of the first `count` GPUs (node by node)."""
+        if not 1 <= count <= self.num_gpus:
+            raise ClusterSpecError(f"cannot take {count} GPUs from a cluster of {self.num_gpus}")
+        return self.without_gpus(range(count, self.num_gpus))
+
     def without_gpus(self, failed: Iterable[int]) -> "Cluster":
         """The cluster left after losing some GPUs (global indices); empty nodes disappear."""
         failed = set(failed)

@@ -1,0 +1,415 @@
+"""`plan()`: enumerate every valid strategy, price them, prune by memory and constraints, rank.
+
+Training: for each mesh layout and each (micro-batch, recompute, sequence
+parallel, virtual stages) choice, the cost model fixes per-layer costs and the
+time-optimal split of layers into stages once (`build_stage_plan`), then prices
+every ZeRO stage and schedule over it with numpy (`assemble`). The time-optimal
+split is exact whenever it fits memory; candidates that do not fit but could
+beat the best are re-priced with the memory-aware split (AMP's DP with memory
+limits), in order of their time, until none can win. The best is finally priced
+again by `costmodel.estimate`, so the plan carries the same numbers the cost
+model gives for that strategy alone.
+
+Inference: every (GPU count, layout, micro-batch) is priced by `estimate`.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from costmodel.catalog import resolve_model
+from costmodel.estimate import ADDITIVE_TERMS, CostContext, Estimate, estimate
+from costmodel.model import ModelSpec
+from costmodel.params import CostParams
+from costmodel.strategy import Strategy
+from costmodel.training import (SCHEDULE_CODES, assemble, breakdown_arrays, build_stage_batch, model_flops_per_step,
+                                peak_flops)
+from costmodel.workload import Inference, Training
+from hardware_profiles.topology import Cluster
+
+from .errors import NoFeasiblePlanError, PlannerOptionError
+from .plan import Plan
+from .space import Layout, SearchSpace, divisors, layouts, micro_batches
+
+TRAINING_OBJECTIVES = ("throughput", "cost")
+INFERENCE_OBJECTIVES = ("latency", "ttft", "tpot", "throughput", "cost")
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """Limits a plan must meet. Times in seconds, prices in US dollars."""
+
+    max_ttft_s: float | None = None
+    max_tpot_s: float | None = None
+    max_gpus: int | None = None
+    max_usd_per_hour: float | None = None
+    memory_headroom: float = 0.0  # fraction of usable GPU memory to leave free
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.memory_headroom < 1.0:
+            raise PlannerOptionError(f"memory_headroom must be in [0, 1), got {self.memory_headroom!r}")
+        for name in ("max_ttft_s", "max_tpot_s", "max_usd_per_hour"):
+            v = getattr(self, name)
+            if v is not None and not v > 0:
+                raise PlannerOptionError(f"{name} must be positive, got {v!r}")
+        if self.max_gpus is not None and self.max_gpus < 1:
+            raise PlannerOptionError(f"max_gpus must be >= 1, got {self.max_gpus!r}")
+
+
+def _row(strategy: Strategy, est_like: Mapping[str, Any]) -> dict[str, Any]:
+    d = {
+        "tp": strategy.tp, "pp": strategy.pp, "dp": strategy.dp, "ep": strategy.ep, "ep_mode": strategy.ep_mode,
+        "micro_batch": strategy.micro_batch, "schedule": strategy.schedule,
+        "virtual_stages": strategy.virtual_stages, "recompute": strategy.recompute,
+        "sequence_parallel": strategy.sequence_parallel, "zero": strategy.zero,
+        "placement": "" if strategy.placement is None else ",".join(map(str, strategy.placement)),
+    }
+    d.update(est_like)
+    return d
+
+
+def _strategy_of(row: Mapping[str, Any]) -> Strategy:
+    placement = tuple(int(x) for x in row["placement"].split(",")) if row["placement"] else None
+    return Strategy(tp=int(row["tp"]), pp=int(row["pp"]), dp=int(row["dp"]), ep=int(row["ep"]),
+                    ep_mode=row["ep_mode"], micro_batch=int(row["micro_batch"]), schedule=row["schedule"],
+                    virtual_stages=int(row["virtual_stages"]), recompute=row["recompute"],
+                    sequence_parallel=bool(row["sequence_parallel"]), zero=int(row["zero"]), placement=placement)
+
+
+def _est_columns(e: Estimate) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "num_gpus": e.num_gpus, "time_s": e.time_s, "tokens_per_s": e.tokens_per_s,
+        "memory_gb": e.memory_per_gpu_bytes / 1e9, "capacity_gb": e.memory_capacity_bytes / 1e9, "fits": e.fits,
+        "shortfall_gb": e.shortfall_bytes / 1e9,
+        "stages": "" if e.strategy.stages is None else ",".join(map(str, e.strategy.stages)),
+        "exact_split": True,
+    }
+    for k in ADDITIVE_TERMS:
+        d[k] = e.breakdown.get(k, 0.0)
+    if e.kind == "training":
+        d["mfu"] = e.mfu
+    else:
+        d.update(ttft_s=e.ttft_s, tpot_s=e.tpot_s, cost_usd=e.cost_usd, energy_j=e.energy_j, max_batch=e.max_batch)
+    return d
+
+
+def _training_groups(model: ModelSpec, cluster: Cluster, workload: Training, space: SearchSpace
+                     ) -> dict[tuple[int, int], list[Strategy]]:
+    """Base strategies (ZeRO stage and schedule left open), bucketed by (pp, virtual stages)."""
+    buckets: dict[tuple[int, int], list[Strategy]] = {}
+    entries = len(model.layers)
+    for lay in layouts(model, cluster, workload, space):
+        per_replica = workload.global_batch // lay.dp
+        for mb in micro_batches(per_replica, space):
+            m = per_replica // mb
+            vs = [1]
+            if lay.pp > 1 and "interleaved" in space.schedules and m % lay.pp == 0:
+                vs += [v for v in space.virtual_stages if lay.pp * v <= entries]
+            for rec in space.recompute:
+                for sp in (space.sequence_parallel if lay.tp > 1 else (False,)):
+                    for v in vs:
+                        buckets.setdefault((lay.pp, v), []).append(Strategy(
+                            tp=lay.tp, pp=lay.pp, dp=lay.dp, ep=lay.ep, ep_mode=lay.ep_mode, micro_batch=mb,
+                            recompute=rec, sequence_parallel=sp, schedule="1f1b" if v == 1 else "interleaved",
+                            virtual_stages=v, placement=lay.placement))
+    return buckets
+
+
+def _training_frame(model: ModelSpec, cluster: Cluster, workload: Training, space: SearchSpace, ctx: CostContext,
+                    cache: dict) -> pd.DataFrame:
+    """Every training candidate, priced in bulk: one row per (base strategy, ZeRO stage, schedule)."""
+    seq = workload.seq_len or model.seq_len
+    mflops = model_flops_per_step(model, workload)
+    peak = peak_flops(cluster, workload.dtype)
+    frames = []
+    for (pp, v), bases in _training_groups(model, cluster, workload, space).items():
+        if v > 1:
+            scheds = ["interleaved"]
+        elif pp > 1:
+            scheds = [x for x in space.schedules if x != "interleaved"] or ["1f1b"]
+        else:
+            scheds = ["1f1b"]
+        combos = [(z, x) for z in space.zero for x in scheds]
+        zero = np.array([z for z, _ in combos])
+        sched = np.array([SCHEDULE_CODES[x] for _, x in combos])
+        batch = build_stage_batch(model, cluster, workload, ctx, bases)
+        a = assemble(batch, workload, ctx, zero, sched)
+        G, V = a.time_s.shape
+        bid = len(cache)
+        cache[bid] = (batch, a, combos)
+        gi, vi = np.meshgrid(np.arange(G), np.arange(V), indexing="ij")
+        gi, vi = gi.ravel(), vi.ravel()
+        dp = np.array([b.dp for b in bases])
+        valid = (dp[gi] > 1) | (zero[vi] == 0)
+        gi, vi = gi[valid], vi[valid]
+        mem = a.stage_mem[gi, vi]  # (n, p)
+        caps = batch.caps[gi]
+        fullest = np.argmax(mem, axis=1)
+        rows = np.arange(len(gi))
+        t = a.time_s[gi, vi]
+        cols: dict[str, Any] = {
+            "tp": [bases[g].tp for g in gi], "pp": pp, "dp": dp[gi], "ep": [bases[g].ep for g in gi],
+            "ep_mode": [bases[g].ep_mode for g in gi], "micro_batch": [bases[g].micro_batch for g in gi],
+            "schedule": [combos[k][1] for k in vi], "virtual_stages": v,
+            "recompute": [bases[g].recompute for g in gi],
+            "sequence_parallel": [bases[g].sequence_parallel for g in gi], "zero": zero[vi],
+            "placement": ["" if bases[g].placement is None else ",".join(map(str, bases[g].placement)) for g in gi],
+            "num_gpus": cluster.num_gpus, "time_s": t, "tokens_per_s": workload.global_batch * seq / t,
+            "memory_gb": mem[rows, fullest] / 1e9, "capacity_gb": caps[rows, fullest] / 1e9,
+            "fits": (mem <= caps).all(axis=1), "shortfall_gb": np.maximum((mem - caps).max(axis=1), 0) / 1e9,
+            "stages": [",".join(map(str, batch.cuts[g])) if v == 1 else "" for g in gi],
+            "exact_split": True, "mfu": mflops / (t * peak) if peak else 0.0,
+            "_key": [f"{bid}:{g}:{k}" for g, k in zip(gi, vi)],
+        }
+        for k, arr in breakdown_arrays(batch, a).items():
+            cols[k] = arr[gi, vi]
+        frames.append(pd.DataFrame(cols))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _sub_cluster(cluster: Cluster, n: int) -> Cluster:
+    return cluster if n == cluster.num_gpus else cluster.first_gpus(n)
+
+
+def _inference_rows(model: ModelSpec, cluster: Cluster, workload: Inference, space: SearchSpace, params: Any,
+                    profiles: Any, constraints: Constraints) -> tuple[list[dict[str, Any]], dict]:
+    n_all = cluster.num_gpus
+    counts = space.gpu_counts or tuple(sorted({2 ** i for i in range(int(math.log2(n_all)) + 1)} | {n_all}))
+    counts = tuple(c for c in counts if c <= n_all and (constraints.max_gpus is None or c <= constraints.max_gpus))
+    if not counts:
+        raise PlannerOptionError(f"no GPU count to try: max_gpus={constraints.max_gpus}, cluster has {n_all}")
+    rows, ests = [], {}
+    inf_space = SearchSpace(**{**space.__dict__, "zero": (0,), "recompute": ("none",), "schedules": ("1f1b",)})
+    for n in counts:
+        sub = _sub_cluster(cluster, n)
+        for lay in layouts(model, sub, workload, inf_space, num_gpus=n):
+            per_replica = workload.batch // lay.dp
+            mbs = micro_batches(per_replica, space) if lay.pp > 1 else [per_replica]
+            for mb in mbs:
+                strat = Strategy(tp=lay.tp, pp=lay.pp, dp=lay.dp, ep=lay.ep, ep_mode=lay.ep_mode, micro_batch=mb,
+                                 placement=lay.placement)
+                e = estimate(model, sub, strat, workload, params=params, profiles=profiles)
+                key = len(ests)
+                ests[key] = (sub, e)
+                d = _est_columns(e)
+                d["_key"] = key
+                rows.append(_row(e.strategy, d))
+    return rows, ests
+
+
+@dataclass
+class PlanResult:
+    """The chosen plan, the runner-up and every candidate considered (pruned ones with their reason)."""
+
+    best: Plan
+    candidates: pd.DataFrame
+    runner_up: Plan | None
+    objective: str
+    search_time_s: float
+    constraints: Constraints = field(default_factory=Constraints)
+
+    def explain(self) -> str:
+        from .report import explain
+
+        return explain(self)
+
+    def report(self, top: int = 10) -> str:
+        from .report import text_report
+
+        return text_report(self, top=top)
+
+    def __repr__(self) -> str:
+        return f"PlanResult(best={self.best.describe()!r}, candidates={len(self.candidates)})"
+
+    def _repr_markdown_(self) -> str:
+        return "```\n" + self.report() + "\n```"
+
+    # plots live in planner.plots; exposed here so notebook cells stay short
+    def plot_memory(self, ax: Any = None, top: int = 6) -> Any:
+        from .plots import plot_memory
+
+        return plot_memory(self, ax=ax, top=top)
+
+    def plot_time(self, ax: Any = None, top: int = 6) -> Any:
+        from .plots import plot_time
+
+        return plot_time(self, ax=ax, top=top)
+
+    def plot_pareto(self, ax: Any = None) -> Any:
+        from .plots import plot_pareto
+
+        return plot_pareto(self, ax=ax)
+
+    def plot_timeline(self, ax: Any = None, micro_batches: int | None = None) -> Any:
+        from .plots import plot_timeline
+
+        return plot_timeline(self, ax=ax, micro_batches=micro_batches)
+
+
+def _objective_column(df: pd.DataFrame, kind: str, objective: str, workload: Any) -> pd.Series:
+    if kind == "training":
+        if objective == "cost":
+            return df["time_s"] * df["usd_per_hour"] / 3600.0
+        return df["time_s"]
+    if objective == "latency":
+        return df["time_s"]
+    if objective == "ttft":
+        return df["ttft_s"]
+    if objective == "tpot":
+        return df["tpot_s"]
+    if objective == "throughput":
+        return -df["tokens_per_s"]
+    tokens = workload.batch * workload.output_tokens
+    return df["cost_usd"].astype(float) / tokens * 1e6
+
+
+def plan(model: ModelSpec | str, cluster: Cluster | str, workload: Training | Inference, *,
+         objective: str | None = None, constraints: Constraints | None = None, space: SearchSpace | None = None,
+         params: CostParams | None = None, profiles: Any = "auto", **constraint_kwargs: Any) -> PlanResult:
+    """Search every valid strategy and return the best plan with all candidates.
+
+    objective: training "throughput" (default) or "cost"; inference "latency" (whole batch, default),
+    "ttft", "tpot", "throughput" or "cost" (US dollars per million generated tokens).
+    Constraints may be given as a `Constraints` or as keywords (max_ttft_s=..., max_gpus=...,
+    max_usd_per_hour=..., memory_headroom=0.1).
+    """
+    t0 = time.perf_counter()
+    model = resolve_model(model)
+    cluster = Cluster.parse(cluster)
+    if not isinstance(workload, (Training, Inference)):
+        raise PlannerOptionError(f"workload must be costmodel.Training or costmodel.Inference, got {workload!r}")
+    kind = "training" if isinstance(workload, Training) else "inference"
+    allowed = TRAINING_OBJECTIVES if kind == "training" else INFERENCE_OBJECTIVES
+    objective = objective or ("throughput" if kind == "training" else "latency")
+    if objective not in allowed:
+        raise PlannerOptionError(f"objective {objective!r} is not one of {', '.join(allowed)} for {kind}")
+    if constraints is None:
+        try:
+            constraints = Constraints(**constraint_kwargs)
+        except TypeError as exc:
+            raise PlannerOptionError(f"unknown constraint: {exc}") from None
+    elif constraint_kwargs:
+        raise PlannerOptionError("give constraints either as Constraints(...) or as keywords, not both")
+    space = space or SearchSpace()
+    ctx = CostContext.make(cluster, workload.dtype, params, profiles)
+
+    cache: dict = {}
+    if kind == "training":
+        if constraints.max_gpus is not None and constraints.max_gpus < cluster.num_gpus:
+            raise PlannerOptionError("training plans use the whole cluster; describe a smaller cluster instead "
+                                     "of max_gpus")
+        df = _training_frame(model, cluster, workload, space, ctx, cache)
+    else:
+        rows, cache = _inference_rows(model, cluster, workload, space, ctx.params, ctx.profiles, constraints)
+        df = pd.DataFrame(rows)
+    if df.empty:
+        raise NoFeasiblePlanError(
+            f"no valid strategy exists for {model.name} on {cluster.describe()}: check that the GPU count can "
+            f"be split into tp x pp x dp with tp dividing the heads ({model.num_heads}) and KV heads "
+            f"({model.num_kv_heads}) and dp dividing the batch")
+    price = sum(g.price_usd_per_hour or math.nan for g in cluster.gpus) / cluster.num_gpus
+    df["usd_per_hour"] = df["num_gpus"] * price
+    usable = 1.0 - constraints.memory_headroom
+    df["fits"] = df["memory_gb"] <= df["capacity_gb"] * usable * (1 + 1e-12)
+
+    if kind == "training":
+        _refine_memory(df, model, cluster, workload, ctx, cache, usable)
+    df["objective"] = _objective_column(df, kind, objective, workload)
+    df["reason"] = ""
+    mem_short = ~df["fits"]
+    df.loc[mem_short, "reason"] = [
+        f"memory: needs {m:.1f} GB per GPU, {c * usable:.1f} GB usable" for m, c in
+        zip(df.loc[mem_short, "memory_gb"], df.loc[mem_short, "capacity_gb"])]
+    ok = df["fits"].copy()
+    for col, lim, label in (("ttft_s", constraints.max_ttft_s, "TTFT"), ("tpot_s", constraints.max_tpot_s, "TPOT")):
+        if lim is not None and col in df:
+            bad = ok & (df[col] > lim)
+            df.loc[bad, "reason"] = [f"{label} {v * 1e3:.1f} ms > limit {lim * 1e3:.1f} ms" for v in df.loc[bad, col]]
+            ok &= ~bad
+    if constraints.max_usd_per_hour is not None:
+        bad = ok & (df["usd_per_hour"] > constraints.max_usd_per_hour)
+        df.loc[bad, "reason"] = [f"price ${v:.2f}/h > limit ${constraints.max_usd_per_hour:.2f}/h"
+                                 for v in df.loc[bad, "usd_per_hour"]]
+        ok &= ~bad
+    df["pruned"] = ~ok
+    if not ok.any():
+        raise _no_plan_error(df, model, cluster, constraints)
+    df = df.sort_values(["pruned", "objective", "num_gpus", "time_s"], kind="stable").reset_index(drop=True)
+    df.insert(0, "rank", np.where(df["pruned"], 0, np.arange(1, len(df) + 1)))
+
+    best_row = df.iloc[0]
+    best = _finalize(best_row, model, cluster, workload, ctx, cache, objective)
+    mesh = ["tp", "pp", "dp", "ep"]
+    others = df[(~df["pruned"]) & (df[mesh] != best_row[mesh]).any(axis=1)]
+    runner = _finalize(others.iloc[0], model, cluster, workload, ctx, cache, objective) if len(others) else None
+    keys = df.pop("_key")
+    del keys
+    return PlanResult(best=best, candidates=df, runner_up=runner, objective=objective,
+                      search_time_s=time.perf_counter() - t0, constraints=constraints)
+
+
+def _refine_memory(df: pd.DataFrame, model: ModelSpec, cluster: Cluster, workload: Training, ctx: CostContext,
+                   cache: dict, usable: float) -> None:
+    """Re-price, with the memory-aware split, non-fitting candidates that could still beat the best."""
+    best = df.loc[df["fits"], "time_s"].min() if df["fits"].any() else math.inf
+    todo = df[~df["fits"]].sort_values("time_s")
+    # a memory-aware split cannot lower the total; skip candidates whose model state alone cannot fit
+    for idx, row in todo.iterrows():
+        if row["time_s"] >= best:
+            break
+        bid, g, k = (int(x) for x in row["_key"].split(":"))
+        batch, a0, _ = cache[bid]
+        if float(a0.stage_mem[g, k].sum()) > float(batch.caps[g].sum()) * usable:
+            continue  # the stages together cannot hold it, whatever the split
+        strat = _strategy_of(row)
+        try:
+            e = estimate(model, cluster, strat, workload, params=ctx.params, profiles=ctx.profiles)
+        except Exception:
+            continue
+        fits = e.memory_per_gpu_bytes <= e.memory_capacity_bytes * usable
+        df.loc[idx, ["time_s", "memory_gb", "capacity_gb", "fits", "stages"]] = [
+            e.time_s, e.memory_per_gpu_bytes / 1e9, e.memory_capacity_bytes / 1e9, fits,
+            ",".join(map(str, e.strategy.stages)) if e.strategy.stages else ""]
+        df.loc[idx, "tokens_per_s"] = e.tokens_per_s
+        for k in ADDITIVE_TERMS:
+            df.loc[idx, k] = e.breakdown.get(k, 0.0)
+        if fits:
+            best = min(best, e.time_s)
+
+
+def _finalize(row: pd.Series, model: ModelSpec, cluster: Cluster, workload: Any, ctx: CostContext, cache: dict,
+              objective: str) -> Plan:
+    if isinstance(workload, Inference):
+        sub, e = cache[int(row["_key"])]
+        return Plan.from_estimate(model, sub, workload, e, objective=objective)
+    strat = _strategy_of(row)
+    if row["stages"]:
+        strat = strat.with_(stages=tuple(int(x) for x in row["stages"].split(",")))
+    e = estimate(model, cluster, strat, workload, params=ctx.params, profiles=ctx.profiles)
+    return Plan.from_estimate(model, cluster, workload, e, objective=objective)
+
+
+def _no_plan_error(df: pd.DataFrame, model: ModelSpec, cluster: Cluster, constraints: Constraints
+                   ) -> NoFeasiblePlanError:
+    fit = df[df["fits"]]
+    if len(fit):
+        return NoFeasiblePlanError(
+            f"{len(fit)} strategies fit in memory but none meets the constraints ({constraints}); "
+            f"closest: {df.loc[fit.index[0], 'reason']}")
+    i = df["memory_gb"].idxmin()
+    r = df.loc[i]
+    strat = _strategy_of(r)
+    gb = r["memory_gb"]
+    cap = r["capacity_gb"]
+    state_gb = model.num_params * 16 / 1e9
+    return NoFeasiblePlanError(
+        f"{model.name} does not fit on {cluster.describe()}: the leanest strategy ({strat.describe()}) still "
+        f"needs {gb:.1f} GB per GPU and the GPUs have {cap:.1f} GB usable. Model state alone (weights, gradients "
+        f"and Adam in mixed precision) is {state_gb:.0f} GB over {cluster.num_gpus} GPUs; use more GPUs, GPUs "
+        f"with more memory, or a shorter sequence / smaller batch.", min_memory_bytes=gb * 1e9,
+        capacity_bytes=cap * 1e9)
