@@ -26,7 +26,7 @@ from .errors import ModelConfigError, UnknownModelError
 from .model import LayerSpec, ModelSpec
 
 _GPT: Mapping[str, Any] = dict(gated_mlp=False, norm="layernorm", activation="gelu", bias=True, position="learned",
-                               tie_embeddings=True)
+                               tie_embeddings=True, dropout=0.1)
 _LLAMA: Mapping[str, Any] = dict(gated_mlp=True, norm="rmsnorm", activation="silu", bias=False, position="rope",
                                  tie_embeddings=False)
 

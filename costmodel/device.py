@@ -66,7 +66,7 @@ def device_perf(gpu: GPUSpec, dtype: str, params: CostParams, profile: Any = Non
 @lru_cache(maxsize=256)
 def _device_perf(gpu: GPUSpec, dtype: str, params: CostParams, profile: Any) -> DevicePerf:
     peak = gpu.peak_tflops(_matmul_dtype(dtype, gpu))
-    eff, half = params.gemm_efficiency, params.gemm_half_flops
+    eff, half = params.gemm_efficiency_for(gpu.name), params.gemm_half_flops
     mem = gpu.memory_bandwidth_gbps * params.memory_efficiency
     origin = "datasheet"
     if profile is not None:

@@ -39,14 +39,10 @@ def _costs(model: ModelSpec, links: StageLinks, s: Strategy, w: Inference, ctx: 
                    ep_bw_gbps=links.ep_bw_gbps * p.collective_efficiency,
                    ep_latency_s=links.ep_latency_s * p.collective_latency_factor)
     context = w.prompt_tokens + w.output_tokens / 2.0  # average context over the decode steps
-    cache: dict = {}
-    out = []
-    for lay in model.layers:
-        if lay not in cache:
-            cache[lay] = layer_infer_cost(lay, dev, par, p, sequences=mb, prompt_tokens=w.prompt_tokens,
-                                          context=context, decode=decode)
-        out.append(cache[lay])
-    return out
+    classes, index = model.layer_classes
+    per_class = [layer_infer_cost(lay, dev, par, p, sequences=mb, prompt_tokens=w.prompt_tokens, context=context,
+                                  decode=decode) for lay in classes]
+    return [per_class[i] for i in index]
 
 
 def _weighted_breakdown(weights: np.ndarray, compute: np.ndarray, comm: np.ndarray, p2p: np.ndarray

@@ -108,7 +108,8 @@ def forward_work(lay: LayerSpec, dev: DevicePerf, par: Parallel, params: CostPar
         f_local = lay.ffn_hidden / tp
         permute = 0
     act = 3 * f_local if lay.gated_mlp else 2 * f_local
-    elem_bytes = rows * b * (10 * h_local + 2 * (q + kvd) + act + permute)
+    drop = 4 * h_local / b if lay.dropout > 0 else 0.0  # two dropout masks written and read (1 byte each)
+    elem_bytes = rows * b * (10 * h_local + 2 * (q + kvd) + act + permute + drop)
     elem = dev.memory_time_s(elem_bytes * params.elementwise_factor, kernels=8)
     return ForwardWork(gemm, attn, elem, attn_bwd)
 
@@ -136,7 +137,7 @@ class LayerTrainCost:
 
 
 def layer_train_cost(lay: LayerSpec, dev: DevicePerf, par: Parallel, params: CostParams, *, micro_batch: Any,
-                     seq_len: int, recompute: str, dropout: bool = False) -> LayerTrainCost:
+                     seq_len: int, recompute: str) -> LayerTrainCost:
     """Costs for one micro-batch; `micro_batch` may be a numpy array (then every time field is one too)."""
     seq = token_count(lay, seq_len)
     rows = np.asarray(micro_batch, dtype=float) * seq
@@ -165,7 +166,7 @@ def layer_train_cost(lay: LayerSpec, dev: DevicePerf, par: Parallel, params: Cos
         n_a2a = 4.0 + (2.0 if recompute == "full" else 0.0)
         ep_comm = n_a2a * all_to_all_s(a2a_bytes, par.ep, par.ep_bw_gbps, par.ep_latency_s)
     act = rows * activation_bytes_per_token(lay, seq, tp=par.tp, sp=par.sp, recompute=recompute, bytes_per_el=b,
-                                            flash=params.flash_attention, dropout=dropout, ep=par.ep)
+                                            flash=params.flash_attention, dropout=lay.dropout > 0, ep=par.ep)
     split = param_split(lay, seq_len)
     expert_ways = par.ep * par.moe_tp
     params_local = split.replicated + split.tp_sharded / par.tp + split.expert / expert_ways

@@ -54,6 +54,7 @@ class LayerSpec:
     bias: bool = False
     position: str = "rope"  # "rope" | "learned" | "none" (embedding layer: learned table of seq_len rows)
     tied: bool = False  # head shares the embedding matrix
+    dropout: float = 0.0  # training-time dropout probability (GPT-2 / Megatron GPT used 0.1): masks cost memory
     name: str = ""
 
     def __post_init__(self) -> None:
@@ -95,6 +96,8 @@ class LayerSpec:
                 raise ModelConfigError(f"dense transformer layer {self.name!r} needs ffn_hidden >= 1")
             if self.norm not in ("rmsnorm", "layernorm"):
                 raise ModelConfigError(f"norm must be 'rmsnorm' or 'layernorm', got {self.norm!r}")
+            if not 0.0 <= self.dropout < 1.0:
+                raise ModelConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
             if self.activation not in ("silu", "gelu", "relu"):
                 raise ModelConfigError(f"activation must be 'silu', 'gelu' or 'relu', got {self.activation!r}")
 
@@ -156,7 +159,7 @@ class ModelSpec:
                 shared_experts: int = 0, shared_ffn_hidden: int = 0, moe_dispatch_dim: int = 0,
                 moe_layer_interval: int = 1, first_dense_layers: int = 0, kv_cache_dim: int = 0,
                 family: str = "custom", description: str = "", rope_theta: float = 10000.0,
-                norm_eps: float = 1e-5) -> "ModelSpec":
+                norm_eps: float = 1e-5, dropout: float = 0.0) -> "ModelSpec":
         """A decoder-only transformer: embedding, `num_layers` blocks, head.
 
         MoE: with `num_experts`, block i is MoE when i >= first_dense_layers and
@@ -167,9 +170,9 @@ class ModelSpec:
             raise ModelConfigError(f"model {name!r}: num_layers must be >= 1")
         common = dict(hidden=hidden, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
                       gated_mlp=gated_mlp, norm=norm, activation=activation, bias=bias, position=position,
-                      kv_cache_dim=kv_cache_dim)
+                      kv_cache_dim=kv_cache_dim, dropout=dropout)
         layers = [LayerSpec(kind="embedding", hidden=hidden, vocab=vocab, position=position, name="embed",
-                            norm=norm, bias=bias)]
+                            norm=norm, bias=bias, dropout=dropout)]
         for i in range(num_layers):
             moe = num_experts > 0 and i >= first_dense_layers and (i - first_dense_layers) % moe_layer_interval == 0
             if moe:

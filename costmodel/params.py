@@ -22,6 +22,9 @@ class CostParams:
     # at which a GEMM reaches half of that (efficiency = gemm_efficiency / (1 + gemm_half_flops / flops))
     gemm_efficiency: float = 0.80
     gemm_half_flops: float = 2.0e9
+    # per-GPU-type overrides of gemm_efficiency, as ((catalog name, efficiency), ...): parts differ in how close
+    # they run to their datasheet rate (a 70 W T4 sustains far less of its boost-clock figure than a V100)
+    gpu_gemm_efficiency: tuple[tuple[str, float], ...] = ()
     # attention kernels: achieved fraction of the dense rate (flash attention forward), and which fraction of
     # the causal score matrix is computed (0.5: masked blocks skipped; 1.0: computed and masked)
     attention_efficiency: float = 0.55
@@ -55,6 +58,9 @@ class CostParams:
     def replace(self, **changes: Any) -> "CostParams":
         return replace(self, **changes)
 
+    def gemm_efficiency_for(self, gpu_name: str) -> float:
+        return dict(self.gpu_gemm_efficiency).get(gpu_name, self.gemm_efficiency)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -64,7 +70,10 @@ class CostParams:
         unknown = set(data) - names
         if unknown:
             raise ProfileError(f"unknown cost parameters {sorted(unknown)}; known: {sorted(names)}")
-        return cls(**dict(data))
+        d = dict(data)
+        if "gpu_gemm_efficiency" in d:
+            d["gpu_gemm_efficiency"] = tuple((str(k), float(v)) for k, v in d["gpu_gemm_efficiency"])
+        return cls(**d)
 
     def save(self, path: str | Path, **meta: Any) -> Path:
         path = Path(path)

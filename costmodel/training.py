@@ -111,8 +111,11 @@ def class_params(model: ModelSpec, s: Strategy, seq_len: int) -> tuple[np.ndarra
 
 
 def in_flight(schedule: np.ndarray, p: int, m: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Micro-batches whose activations each stage holds at its peak, in whole-stage units: (G, V, p)."""
-    sch = np.asarray(schedule)[None, :, None]
+    """Micro-batches whose activations each stage holds at its peak, in whole-stage units: (G, V, p).
+
+    `schedule` is (V,) shared by all groups or (G, V)."""
+    sch = np.asarray(schedule)
+    sch = sch[None, :, None] if sch.ndim == 1 else sch[:, :, None]
     m = np.asarray(m, dtype=float)[:, None, None]
     v = np.asarray(v, dtype=float)[:, None, None]
     j = np.arange(p)[None, None, :]
@@ -364,7 +367,7 @@ def memory_aware_cuts(model: ModelSpec, cluster: Cluster, workload: Training, ct
     head = model.layers[-1]
     if head.kind == "head" and head.tied:
         layer_mem[1:, -1] += head.vocab * head.hidden / s.tp * (sb.weights / wd + sb.gradients / gd + sb.optimizer / od)
-    reserved = float(_reserved(ctx.params.memory_reserved_bytes, zero, batch.max_layer_params, sb)[0])
+    reserved = float(_reserved(ctx.params.memory_reserved_bytes, zero, batch.max_layer_params, sb)[0, 0])
     nb_bw = np.array([lk.next_bw_gbps for lk in links]) * ctx.params.collective_efficiency
     nb_lat = np.array([lk.next_latency_s for lk in links]) * ctx.params.collective_latency_factor
     out, inn = _p2p_matrices(_boundary_bytes(model, workload, [s])[0], nb_bw, nb_lat, p)
@@ -374,9 +377,11 @@ def memory_aware_cuts(model: ModelSpec, cluster: Cluster, workload: Training, ct
 
 
 def _reserved(base: float, zero: np.ndarray, max_layer_params: np.ndarray, sb: StaticBytes) -> np.ndarray:
-    # ZeRO-3 keeps the all-gathered weights of the largest layer, current and prefetched
-    return base + np.where(np.asarray(zero)[None, :] >= 3, 2 * np.asarray(max_layer_params)[:, None] * sb.weights,
-                           0.0)
+    """(G, V): fixed reserve, plus the all-gathered weights of the largest layer (current and prefetched) under
+    ZeRO-3. `zero` is (V,) or (G, V)."""
+    z = np.asarray(zero)
+    z = z[None, :] if z.ndim == 1 else z
+    return base + np.where(z >= 3, 2 * np.asarray(max_layer_params)[:, None] * sb.weights, 0.0)
 
 
 @dataclass(frozen=True)
@@ -396,15 +401,19 @@ class Assembled:
 
 def assemble(batch: StageBatch, workload: Training, ctx: CostContext, zero: np.ndarray, schedule: np.ndarray
              ) -> Assembled:
+    """Price V (ZeRO stage, schedule) variants per group: `zero` and `schedule` are (V,) shared by all groups,
+    or (G, V) for per-group variants."""
     prm = ctx.params
     G, p = batch.stage_t.shape
     zero = np.asarray(zero)
+    zero = np.broadcast_to(zero, (G, zero.shape[-1])) if zero.ndim == 1 else zero
     schedule = np.asarray(schedule)
-    V = len(zero)
+    schedule = np.broadcast_to(schedule, (G, schedule.shape[-1])) if schedule.ndim == 1 else schedule
+    V = zero.shape[1]
     sb = static_bytes(workload)
     dp = np.array([s.dp for s in batch.strategies], dtype=float)
     ew = np.array([expert_ways(s) for s in batch.strategies], dtype=float)
-    z = zero[None, :, None]
+    z = zero[:, :, None]
     wd, gd, od = _zero_div(z, dp[:, None, None])
     we, ge, oe = _zero_div(z, ew[:, None, None])
     dense = batch.dense_params[:, None, :]
@@ -495,6 +504,28 @@ def peak_flops(cluster: Cluster, dtype: str) -> float:
         except Exception:
             pass
     return total
+
+
+def price_training(model: ModelSpec, cluster: Cluster, workload: Training, ctx: CostContext,
+                   strategies: Sequence[Strategy]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Step time, largest per-GPU memory and fits for many strategies at once (each with its own ZeRO stage,
+    schedule and, if given, stage cut points; otherwise the time-optimal split)."""
+    n = len(strategies)
+    time_s, mem, fits = np.zeros(n), np.zeros(n), np.zeros(n, dtype=bool)
+    buckets: dict[tuple[int, int], list[int]] = {}
+    for i, s in enumerate(strategies):
+        buckets.setdefault((s.pp, s.virtual_stages), []).append(i)
+    for idx in buckets.values():
+        group = [strategies[i] for i in idx]
+        batch = build_stage_batch(model, cluster, workload, ctx, group)
+        zero = np.array([[s.zero] for s in group])
+        sched = np.array([[SCHEDULE_CODES[s.schedule]] for s in group])
+        a = assemble(batch, workload, ctx, zero, sched)
+        time_s[idx] = a.time_s[:, 0]
+        stage_mem = a.stage_mem[:, 0]
+        mem[idx] = stage_mem.max(axis=1)
+        fits[idx] = (stage_mem <= batch.caps).all(axis=1)
+    return time_s, mem, fits
 
 
 def estimate_training(model: ModelSpec, cluster: Cluster, strategy: Strategy, workload: Training,
