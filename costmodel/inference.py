@@ -17,7 +17,7 @@ import numpy as np
 from hardware_profiles.topology import Cluster
 
 from .comm import p2p_s
-from .estimate import CostContext, Estimate, StageEstimate
+from .pricing import CostContext, Estimate, StageEstimate
 from .layercost import LayerInferCost, Parallel, layer_infer_cost
 from .layers import activation_bytes_per_token, kv_cache_bytes_per_token
 from .layout import StageLinks, resolve_layout

@@ -25,7 +25,7 @@ import numpy as np
 from hardware_profiles.topology import Cluster
 
 from .comm import all_gather_s, all_reduce_s, p2p_s, reduce_scatter_s
-from .estimate import CostContext, Estimate, StageEstimate
+from .pricing import CostContext, Estimate, StageEstimate
 from .layercost import Parallel, layer_train_cost, token_count
 from .layers import attention_flops_per_token, model_flops_per_token, param_split
 from .layout import StageLinks, resolve_layout

@@ -1,0 +1,255 @@
+"""Loaders and predictors for the outside measurements in bench/validation_data/.
+
+bench/validation_data/ is a verbatim copy of the project's shared validation set
+(AMP's 170 real trials, Megatron-LM Table 1, HELM's idealized runtimes); see its
+README. This module turns each measured row into the model, cluster, workload and
+strategy the cost model prices, so bench/accuracy.py and the tests share one
+reading of the data.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import costmodel as cm
+from costmodel.catalog import amp_model_name, amp_stage_cuts, get_model
+from costmodel.pricing import CostContext
+from costmodel.params import CostParams
+from costmodel.training import price_training
+from hardware_profiles import Cluster, Node
+from hardware_profiles.topology import Network
+
+DATA = Path(__file__).with_name("validation_data")
+
+# --------------------------------------------------------------------------- AMP
+
+
+def amp_cluster(setting: str) -> Cluster:
+    """AMP's clusters as its scripts describe them (bandwidths in GB/s per direction)."""
+    eth = Network(kind="ethernet", latency_s=30e-6)
+    if setting == "homogeneous":  # 4 x g4dn.12xlarge: 4 T4 on PCIe, 50 Gbit/s inside and between nodes
+        nodes = [Node.of("T4", 4, intra_node_gbps=6.25, network_gbps=6.25, name=f"g4dn{i}") for i in range(4)]
+    elif setting == "het_cluster":  # 3 x p3.8xlarge (V100, NVLink at 170 Gbit/s, 10 Gbit/s out) + 1 x g4dn.12xlarge
+        nodes = [Node.of("V100-SXM2-16GB", 4, intra_node_gbps=21.25, network_gbps=1.25, name=f"p3-{i}")
+                 for i in range(3)]
+        nodes.append(Node.of("T4", 4, intra_node_gbps=6.25, network_gbps=6.25, name="g4dn"))
+    elif setting == "het_model":  # 4 x p3.8xlarge
+        nodes = [Node.of("V100-SXM2-16GB", 4, intra_node_gbps=21.25, network_gbps=1.25, name=f"p3-{i}")
+                 for i in range(4)]
+    else:
+        raise ValueError(f"unknown AMP setting {setting!r}")
+    return Cluster(nodes=tuple(nodes), network=eth)
+
+
+AMP_BATCH = {"homogeneous": 32, "het_cluster": 32, "het_model": 64}
+
+
+@dataclass(frozen=True)
+class AmpTrial:
+    setting: str
+    strategy: cm.Strategy | None  # None where AMP's split leaves a stage empty here
+    measured_s: float | None  # None: out of memory
+    amp_predicted_s: float
+    oom: bool
+    row: dict = field(default_factory=dict, compare=False)
+
+
+def amp_trials() -> list[AmpTrial]:
+    out = []
+    with open(DATA / "amp_trials.csv") as fh:
+        for r in csv.DictReader(fh):
+            setting = r["setting"]
+            cuts = amp_stage_cuts(setting, r["stage_boundaries"])
+            tp, dp, pp, mb = int(r["tp"]), int(r["dp"]), int(r["pp"]), int(r["micro_batch"])
+            strat = None
+            if all(b > a for a, b in zip(cuts, cuts[1:])):
+                strat = cm.Strategy(tp=tp, pp=pp, dp=dp, micro_batch=mb, stages=cuts)
+            measured = float(r["measured_s"]) if r["measured_s"] else None
+            out.append(AmpTrial(setting=setting, strategy=strat, measured_s=measured,
+                                amp_predicted_s=float(r["amp_predicted_s"]), oom=r["oom"] == "True", row=r))
+    return out
+
+
+def amp_workload(setting: str) -> cm.Training:
+    return cm.Training(global_batch=AMP_BATCH[setting], dtype="fp16")
+
+
+def predict_amp(trials: list[AmpTrial], params: CostParams) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted step time and fits-in-memory for each trial (nan / False where the split is not expressible)."""
+    time_s = np.full(len(trials), np.nan)
+    fits = np.zeros(len(trials), dtype=bool)
+    by_setting: dict[str, list[int]] = {}
+    for i, t in enumerate(trials):
+        if t.strategy is not None:
+            by_setting.setdefault(t.setting, []).append(i)
+    for setting, idx in by_setting.items():
+        model = get_model(amp_model_name(setting))
+        cluster = amp_cluster(setting)
+        ctx = CostContext(params=params, profiles={})
+        t, _, f = price_training(model, cluster, amp_workload(setting), ctx, [trials[i].strategy for i in idx])
+        time_s[idx] = t
+        fits[idx] = f
+    return time_s, fits
+
+
+# The software stack AMP ran (DeepSpeed + Megatron-LM 1.1.5, fp16, 2021-22): no flash attention, the causal
+# half of the score matrix computed, unfused elementwise kernels. Starting point for fitting.
+AMP_BASE = CostParams(flash_attention=False, causal_factor=1.0, dp_overlap=0.0)
+AMP_FIT = ("gpu_gemm_efficiency:T4", "gpu_gemm_efficiency:V100-SXM2-16GB", "attention_efficiency",
+           "elementwise_factor", "layer_overhead_s", "collective_efficiency", "step_overhead_s")
+
+# --------------------------------------------------------------------------- Megatron
+
+
+@dataclass(frozen=True)
+class MegatronRun:
+    name: str
+    model: cm.ModelSpec
+    cluster: Cluster
+    workload: cm.Training
+    tp: int
+    pp: int
+    dp: int
+    time_s: float  # derived: hardware FLOPs / (achieved TFLOP/s x GPUs)
+    mfu: float  # model FLOPs (no recompute) / (time x GPUs x 312 TFLOP/s)
+
+
+def megatron_runs() -> list[MegatronRun]:
+    out = []
+    with open(DATA / "megatron_table1.csv") as fh:
+        for r in csv.DictReader(fh):
+            h, layers, B, s, V = int(r["hidden"]), int(r["layers"]), int(r["global_batch"]), int(r["seq_len"]), int(r["vocab"])
+            gpus = int(r["gpus"])
+            hw_flops = 96 * B * s * layers * h ** 2 * (1 + s / (6 * h) + V / (16 * layers * h))
+            t = hw_flops / (float(r["achieved_tflops_per_gpu_incl_recompute"]) * 1e12 * gpus)
+            model_flops = hw_flops * 3 / 4  # recompute adds one forward to forward + backward
+            name = f"megatron-{_megatron_label(float(r['params_b']))}"
+            model = get_model(name)
+            cluster = Cluster.parse(f"{gpus // 8}x8xA100-SXM-80GB", inter_node_gbps=200.0)
+            out.append(MegatronRun(name=name, model=model, cluster=cluster,
+                                   workload=cm.Training(global_batch=B, seq_len=s, dtype="fp16"),
+                                   tp=int(r["tp"]), pp=int(r["pp"]), dp=int(r["dp"]), time_s=t,
+                                   mfu=model_flops / (t * gpus * 312e12)))
+    return out
+
+
+def _megatron_label(params_b: float) -> str:
+    from costmodel.catalog import list_models
+
+    names = [n for n in list_models() if n.startswith("megatron-")]
+    best = min(names, key=lambda n: abs(get_model(n).num_params / 1e9 - params_b))
+    return best[len("megatron-"):]
+
+
+def megatron_strategies(run: MegatronRun, params: CostParams) -> cm.Strategy:
+    """Micro-batch and schedule are not published: take the fastest the cost model finds for the published
+    tp / pp / dp with full recompute (Megatron's own tuning did the same by hand)."""
+    import planner
+
+    space = planner.SearchSpace(tp=(run.tp,), pp=(run.pp,), recompute=("full",), zero=(0,),
+                                sequence_parallel=(False,), schedules=("1f1b", "interleaved"))
+    res = planner.plan(run.model, run.cluster, run.workload, space=space, params=params, profiles=None)
+    return res.best.strategy
+
+
+def predict_megatron(runs: list[MegatronRun], strategies: list[cm.Strategy], params: CostParams) -> np.ndarray:
+    out = []
+    for run, s in zip(runs, strategies):
+        ctx = CostContext(params=params, profiles={})
+        t, _, _ = price_training(run.model, run.cluster, run.workload, ctx, [s])
+        out.append(float(t[0]))
+    return np.array(out)
+
+
+MEGATRON_BASE = CostParams(flash_attention=False, causal_factor=1.0)
+MEGATRON_FIT = ("gemm_efficiency", "elementwise_factor", "collective_efficiency")
+
+# --------------------------------------------------------------------------- HELM
+
+
+@dataclass(frozen=True)
+class HelmModel:
+    keys: tuple[str, ...]  # HELM model keys sharing these measurements
+    model: cm.ModelSpec
+    cluster: Cluster
+    strategy: cm.Strategy
+    prompt_s: dict[int, float]  # prompt tokens -> P(p), seconds
+    beta_s: float
+
+
+def _helm_layout(model: cm.ModelSpec, gpu: str) -> tuple[Cluster, cm.Strategy]:
+    """HELM profiled on the fewest GPUs that fit: A100-80GB TP1 up to 20B, TP4 for 52-100B, TP8 for ~175B;
+    the 530B model as 3 x 35 layers on 8 GPUs (here: PP3 x TP8). V100 runs used twice as many GPUs for the
+    large models (the smallest TP that fits 32 GB for the small ones)."""
+    n = model.num_params / 1e9
+    if gpu.startswith("A100"):
+        tp = 1 if n <= 21 else 4 if n <= 110 else 8
+    else:
+        tp = 1 if n <= 12 else 2 if n <= 21 else 8 if n <= 110 else 16
+    pp = 3 if n > 400 else 1
+    if tp > 8:
+        tp, pp = 8, pp * 2
+    while tp > 1 and (model.num_heads % tp or model.num_kv_heads % tp or any(
+            (b.ffn_hidden % tp) for b in model.blocks if not b.is_moe)):
+        tp //= 2
+        pp *= 2
+    gpus = tp * pp
+    nodes = max(1, gpus // 8)
+    per = gpus // nodes
+    return Cluster.parse(f"{nodes}x{per}x{gpu}"), cm.Strategy(tp=tp, pp=pp)
+
+
+def helm_models(gpu: str = "A100-SXM-80GB") -> list[HelmModel]:
+    fname = "helm_idealized_runtimes_a100.json" if gpu.startswith("A100") else "helm_idealized_runtimes_v100.json"
+    data = json.loads((DATA / fname).read_text())
+    # several HELM keys share one set of measurements (davinci / opt-175b, j1-large / curie / TNLGv2_7B, ...):
+    # keep one entry per measurement set so no measurement is counted twice
+    grouped: dict[tuple, list[str]] = {}
+    for key, d in data.items():
+        sig = (d["runtime_per_output_token"], tuple(sorted(d["runtime_for_prompt_tokens"].items())))
+        grouped.setdefault(sig, []).append(key)
+    out = []
+    for keys in grouped.values():
+        model = get_model(keys[0])
+        d = data[keys[0]]
+        cluster, strat = _helm_layout(model, gpu)
+        out.append(HelmModel(keys=tuple(keys), model=model, cluster=cluster, strategy=strat,
+                             prompt_s={int(p): float(v) for p, v in d["runtime_for_prompt_tokens"].items()},
+                             beta_s=float(d["runtime_per_output_token"])))
+    return out
+
+
+def predict_helm(models: list[HelmModel], params: CostParams, prompts: dict[str, list[int]] | None = None
+                 ) -> tuple[list[np.ndarray], np.ndarray]:
+    """Predicted P(p) for each model's prompt sizes, and beta per model."""
+    p_out, beta = [], []
+    for hm in models:
+        sizes = (prompts or {}).get(hm.model.name, sorted(hm.prompt_s))
+        vals = []
+        for p in sizes:
+            e = cm.estimate(hm.model, hm.cluster, hm.strategy,
+                            cm.Inference(prompt_tokens=p, output_tokens=2, batch=1, dtype="fp16"),
+                            params=params, profiles=None)
+            vals.append(e.prefill_s)
+        p_out.append(np.array(vals))
+        e = cm.estimate(hm.model, hm.cluster, hm.strategy,
+                        cm.Inference(prompt_tokens=512, output_tokens=2, batch=1, dtype="fp16"),
+                        params=params, profiles=None)
+        beta.append(e.per_token_s)
+    return p_out, np.array(beta)
+
+
+HELM_BASE = CostParams(flash_attention=False, causal_factor=1.0)
+HELM_FIT = ("gemm_efficiency", "attention_efficiency", "memory_efficiency", "decode_layer_overhead_s",
+            "layer_overhead_s", "collective_latency_factor")
+
+
+def spearman(a: Any, b: Any) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic)
