@@ -236,7 +236,8 @@ _CATALOG: tuple[GPUSpec, ...] = (
         aliases=("GH200", "GH200 96GB", "GH200 480GB", "NVIDIA GH200 480GB", "GH200 HBM3"),
         notes="Grace Hopper superchip with 96 GB HBM3 (nvidia-smi names it by its 480 GB of CPU LPDDR5X). "
         "Module power (CPU + GPU + memory) is configurable 450-1,000 W; 1,000 W stored. NVLink-C2C to the "
-        "Grace CPU runs at 900 GB/s. Modelled as an SXM-class module.",
+        "Grace CPU runs at 900 GB/s. Modelled as an SXM-class module. Datasheet tensor figures (989 TF32, 1,979 "
+        "BF16/FP16, 3,958 FP8/INT8) are with sparsity; dense is half.",
         default_for_model=True,
     ),
     GPUSpec(
@@ -248,7 +249,7 @@ _CATALOG: tuple[GPUSpec, ...] = (
         sources=_sources(_GH200_DS, "none"),
         aliases=("GH200 144GB", "GH200 144G HBM3e", "NVIDIA GH200 144G HBM3e", "GH200 HBM3e"),
         notes="Grace Hopper superchip with 144 GB HBM3e. Module power configurable 450-1,000 W; 1,000 W "
-        "stored. Modelled as an SXM-class module.",
+        "stored. Modelled as an SXM-class module. Datasheet tensor figures are with sparsity; dense is half.",
     ),
     # ------------------------------------------------------------- Blackwell
     GPUSpec(
@@ -283,7 +284,7 @@ _CATALOG: tuple[GPUSpec, ...] = (
         fp32_tflops=30.3, tf32_tflops=60, bf16_tflops=121, fp16_tflops=121, fp8_tflops=242.5, int8_tops=242.5,
         nvlink_gbps=None, pcie_gen=4, pcie_gbps=64, tdp_w=72,
         price_usd_per_hour=0.80,
-        price_source=f"{_AWS}: g6.xlarge (1x L4), $0.805 ({_UNVERIFIED}); {_TECHBYTES} lists Modal L4 at "
+        price_source=f"{_AWS}: g6.xlarge (1x L4), $0.805 (2025-06 list, {_UNVERIFIED}); {_TECHBYTES} lists Modal L4 at "
         "$0.80",
         sources=_sources(_L4_DS, f"AWS g6.xlarge ({_UNVERIFIED}); Modal via {_TECHBYTES}"),
         aliases=("L4 24GB", "NVIDIA L4"),
@@ -296,7 +297,7 @@ _CATALOG: tuple[GPUSpec, ...] = (
         fp32_tflops=91.6, tf32_tflops=183, bf16_tflops=362.05, fp16_tflops=362.05, fp8_tflops=733, int8_tops=733,
         nvlink_gbps=None, pcie_gen=4, pcie_gbps=64, tdp_w=350,
         price_usd_per_hour=1.86,
-        price_source=f"{_AWS}: g6e.xlarge (1x L40S), $1.861 ({_UNVERIFIED}); {_TECHBYTES} lists Modal L40S "
+        price_source=f"{_AWS}: g6e.xlarge (1x L40S), $1.861 (2025-06 list, {_UNVERIFIED}); {_TECHBYTES} lists Modal L40S "
         "at $1.95",
         sources=_sources(_L40S_DS, f"AWS g6e.xlarge ({_UNVERIFIED}); Modal via {_TECHBYTES}"),
         aliases=("L40S 48GB", "NVIDIA L40S"),
@@ -346,7 +347,7 @@ _CATALOG: tuple[GPUSpec, ...] = (
         memory_gb=16, memory_bandwidth_gbps=900,
         fp32_tflops=15.7, tf32_tflops=None, bf16_tflops=None, fp16_tflops=125, fp8_tflops=None, int8_tops=None,
         nvlink_gbps=300, pcie_gen=3, pcie_gbps=32, tdp_w=300,
-        price_usd_per_hour=3.06, price_source=f"{_AWS}: p3.2xlarge (1x V100 16GB), $3.06 ({_UNVERIFIED})",
+        price_usd_per_hour=3.06, price_source=f"{_AWS}: p3.2xlarge (1x V100 16GB), $3.06 (2025-06 list, {_UNVERIFIED})",
         sources=_sources(_V100_DS, f"AWS p3.2xlarge ({_UNVERIFIED})"),
         aliases=("V100", "V100-16GB", "V100 SXM2 16GB", "Tesla V100-SXM2-16GB", "V100-SXM2"),
         notes="125 TFLOP/s is the fp16 tensor-core rate with fp32 accumulate (dense; Volta has no sparsity). "
@@ -359,7 +360,7 @@ _CATALOG: tuple[GPUSpec, ...] = (
         fp32_tflops=15.7, tf32_tflops=None, bf16_tflops=None, fp16_tflops=125, fp8_tflops=None, int8_tops=None,
         nvlink_gbps=300, pcie_gen=3, pcie_gbps=32, tdp_w=300,
         price_usd_per_hour=3.90,
-        price_source=f"{_AWS}: p3dn.24xlarge (8x V100 32GB) $31.212 / 8 ({_UNVERIFIED})",
+        price_source=f"{_AWS}: p3dn.24xlarge (8x V100 32GB) $31.212 / 8 (2025-06 list, {_UNVERIFIED})",
         sources=_sources(_V100_DS, f"AWS p3dn.24xlarge ({_UNVERIFIED})"),
         aliases=("V100-32GB", "V100 SXM2 32GB", "Tesla V100-SXM2-32GB"),
         notes="fp16 tensor-core rate with fp32 accumulate; no bf16, tf32 or fp8.",
@@ -380,7 +381,7 @@ _CATALOG: tuple[GPUSpec, ...] = (
         fp32_tflops=8.1, tf32_tflops=None, bf16_tflops=None, fp16_tflops=65, fp8_tflops=None, int8_tops=130,
         nvlink_gbps=None, pcie_gen=3, pcie_gbps=32, tdp_w=70,
         price_usd_per_hour=0.526,
-        price_source=f"{_AWS}: g4dn.xlarge (1x T4), $0.526 ({_UNVERIFIED}); {_TECHBYTES} lists Modal T4 at "
+        price_source=f"{_AWS}: g4dn.xlarge (1x T4), $0.526 (2025-06 list, {_UNVERIFIED}); {_TECHBYTES} lists Modal T4 at "
         "$0.59",
         sources=_sources(_T4_DS, f"AWS g4dn.xlarge ({_UNVERIFIED})"),
         aliases=("Tesla T4", "T4 16GB", "NVIDIA T4"),

@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from costmodel.estimate import ADDITIVE_TERMS
+from costmodel.pricing import ADDITIVE_TERMS
 
 if TYPE_CHECKING:
     from .search import PlanResult

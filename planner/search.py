@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from costmodel.catalog import resolve_model
-from costmodel.estimate import ADDITIVE_TERMS, CostContext, Estimate, estimate
+from costmodel.pricing import ADDITIVE_TERMS, CostContext, Estimate, estimate
 from costmodel.model import ModelSpec
 from costmodel.params import CostParams
 from costmodel.strategy import Strategy
