@@ -182,7 +182,8 @@ def activation_bytes_per_token(lay: LayerSpec, seq_len: int, *, tp: int = 1, sp:
     # sharded: q, k, v, attention output (input of out-proj)
     sharded = b * (q + 2 * kv) + b * q
     if not flash and recompute != "selective":
-        sharded += (2 * b + drop + (2 * b if dropout else 0)) * lay.num_heads * span  # scores, softmax, dropout
+        # softmax output, dropout mask and dropout output (Korthikanti et al.: 5as bytes per token in 16-bit)
+        sharded += (b + drop + (b if dropout else 0)) * lay.num_heads * span
     if lay.is_moe:
         d = lay.dispatch_dim
         f = lay.expert_ffn_hidden

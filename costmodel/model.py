@@ -172,7 +172,8 @@ class ModelSpec:
                       gated_mlp=gated_mlp, norm=norm, activation=activation, bias=bias, position=position,
                       kv_cache_dim=kv_cache_dim, dropout=dropout)
         layers = [LayerSpec(kind="embedding", hidden=hidden, vocab=vocab, position=position, name="embed",
-                            norm=norm, bias=bias, dropout=dropout)]
+                            norm=norm, bias=bias, dropout=dropout,
+                            seq_len=seq_len if position == "learned" else 0)]  # rows of the position table
         for i in range(num_layers):
             moe = num_experts > 0 and i >= first_dense_layers and (i - first_dense_layers) % moe_layer_interval == 0
             if moe:
@@ -310,7 +311,9 @@ class ModelSpec:
             return cls(name=data.get("name", "custom"), layers=layers, seq_len=int(data["seq_len"]),
                        family=data.get("family", "custom"), description=data.get("description", ""),
                        rope_theta=float(data.get("rope_theta", 10000.0)), norm_eps=float(data.get("norm_eps", 1e-5)))
-        except (TypeError, KeyError) as exc:
+        except (TypeError, KeyError, ValueError) as exc:
+            if isinstance(exc, ModelConfigError):
+                raise
             raise ModelConfigError(f"malformed model dict: {exc}") from None
 
 

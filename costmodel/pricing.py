@@ -112,6 +112,11 @@ def estimate(model: ModelSpec | str, cluster: Cluster | str, strategy: Strategy,
     if not isinstance(strategy, Strategy):
         raise InvalidStrategyError(f"strategy must be a costmodel.Strategy, got {type(strategy).__name__}",
                                    rule="type")
+    if not isinstance(workload, (Training, Inference)):
+        from .errors import WorkloadError
+
+        raise WorkloadError(f"workload must be costmodel.Training(...) or costmodel.Inference(...), "
+                            f"got {workload!r}")
     check_strategy(model, cluster, strategy, workload)
     ctx = CostContext.make(cluster, workload.dtype, params, profiles)
     if isinstance(workload, Training):
@@ -125,10 +130,11 @@ def estimate(model: ModelSpec | str, cluster: Cluster | str, strategy: Strategy,
 
 @dataclass(frozen=True)
 class CostContext:
-    """Cost constants and the per-GPU-type performance they imply."""
+    """Cost constants, measured profiles, and memo tables for one pricing session (one search)."""
 
     params: CostParams
     profiles: Mapping[str, Any]
+    memo: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @classmethod
     def make(cls, cluster: Cluster, dtype: str, params: CostParams | None, profiles: Any) -> "CostContext":
@@ -145,9 +151,10 @@ class CostContext:
         return cls(params=params, profiles=prof)
 
     def device(self, gpu: Any, dtype: str) -> Any:
-        from .device import device_perf
+        key = ("device", gpu.name, dtype)
+        dev = self.memo.get(key)
+        if dev is None:
+            from .device import device_perf
 
-        return device_perf(gpu, dtype, self.params, self.profiles.get(gpu.name))
-
-    def __hash__(self) -> int:
-        return hash((self.params, tuple(sorted((k, id(v)) for k, v in self.profiles.items()))))
+            dev = self.memo[key] = device_perf(gpu, dtype, self.params, self.profiles.get(gpu.name))
+        return dev

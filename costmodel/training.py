@@ -17,6 +17,8 @@ numpy operations and `estimate()` is the same code with G = 1:
 """
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass, replace
 from typing import Sequence
 
@@ -78,8 +80,13 @@ def class_cost_table(model: ModelSpec, ctx: CostContext, workload: Training,
     seq = workload.seq_len or model.seq_len
     classes, _ = model.layer_classes
     out = np.zeros((len(requests), len(classes), 6))
+    memo = ctx.memo.setdefault(("class_costs", id(model), seq, workload.dtype), {})
     groups: dict[tuple, list[int]] = {}
     for i, (lk, s) in enumerate(requests):
+        hit = memo.get((lk.device_key, s.tp, s.ep, s.ep_mode, s.sequence_parallel, s.recompute, s.micro_batch))
+        if hit is not None:
+            out[i] = hit
+            continue
         key = (lk.device_key, s.tp, s.ep, s.ep_mode, s.sequence_parallel, s.recompute)
         groups.setdefault(key, []).append(i)
     for key, idx in groups.items():
@@ -96,6 +103,9 @@ def class_cost_table(model: ModelSpec, ctx: CostContext, workload: Training,
             cols = [c.fwd_s, c.bwd_s, c.recompute_s, c.tp_comm_s, c.ep_comm_s, c.activation_bytes]
             for f, col in enumerate(cols):
                 out[idx, k, f] = np.broadcast_to(np.asarray(col, dtype=float), uniq.shape)[inv]
+        for i in idx:
+            s_i = requests[i][1]
+            memo[key + (s_i.micro_batch,)] = out[i].copy()
     return out
 
 
@@ -134,6 +144,8 @@ class StageBatch:
     links: tuple[tuple[StageLinks, ...], ...]
     cuts: np.ndarray
     m: np.ndarray  # (G,) micro-batches per step
+    exact: np.ndarray  # (G,) whether the split is the time-optimal one (or given)
+    pipe_lower_bound_s: np.ndarray  # (G,) no split can make the pipeline faster than this
     stage_t: np.ndarray
     compute_mb: np.ndarray
     bwd_mb: np.ndarray
@@ -183,7 +195,7 @@ def _uniform_cuts(T: np.ndarray, extra: np.ndarray, num_blocks: int) -> np.ndarr
 
     hi = base.max(axis=1) + N * c
     low = np.maximum(base.max(axis=1), 0.0) * 0.0
-    for _ in range(80):
+    for _ in range(52):  # hi - low ends below 1e-15 of the range: the split found is the optimum
         mid = 0.5 * (low + hi)
         ok = feasible(mid)
         hi = np.where(ok, mid, hi)
@@ -209,10 +221,61 @@ def _boundary_bytes(model: ModelSpec, workload: Training, strategies: Sequence[S
     return scale[:, None] * hfac[None, :]
 
 
+@dataclass(frozen=True)
+class _LayoutInfo:
+    """What one mesh layout implies for every stage, computed once per search."""
+
+    links: tuple[StageLinks, ...]
+    dev_ids: np.ndarray  # (p,) index of each stage's device key in the context's registry
+    dev_groups: tuple[tuple[int, np.ndarray, int], ...]  # (device id, stage mask, first stage) per distinct device
+    same_stage: bool
+    nb_bw: np.ndarray  # (p,) stage-to-stage bandwidth (already times collective efficiency)
+    nb_lat: np.ndarray
+    dp_bw: np.ndarray
+    dp_lat: np.ndarray
+    mem_gbps: np.ndarray
+    caps: np.ndarray
+
+
+def _layout_info(cluster: Cluster, s: Strategy, workload: Training, ctx: CostContext) -> _LayoutInfo:
+    key = ("layout", id(cluster), s.tp, s.pp, s.dp, s.ep, s.ep_mode, s.placement, workload.dtype)
+    info = ctx.memo.get(key)
+    if info is not None:
+        return info
+    prm = ctx.params
+    links = resolve_layout(cluster, s, workload.dtype)
+    registry = ctx.memo.setdefault("device_keys", {})
+    dev_ids = np.array([registry.setdefault(lk.device_key, len(registry)) for lk in links])
+    groups = tuple((int(d), dev_ids == d, int(np.argmax(dev_ids == d))) for d in np.unique(dev_ids))
+    info = ctx.memo[key] = _LayoutInfo(
+        links=links, dev_ids=dev_ids, dev_groups=groups, same_stage=len(groups) == 1,
+        nb_bw=np.array([lk.next_bw_gbps for lk in links]) * prm.collective_efficiency,
+        nb_lat=np.array([lk.next_latency_s for lk in links]) * prm.collective_latency_factor,
+        dp_bw=np.array([lk.dp_bw_gbps for lk in links]) * prm.collective_efficiency,
+        dp_lat=np.array([lk.dp_latency_s for lk in links]) * prm.collective_latency_factor,
+        mem_gbps=np.array([ctx.device(lk.gpu, workload.dtype).memory_gbps for lk in links]),
+        caps=np.array([lk.memory_bytes * prm.memory_usable_fraction for lk in links]))
+    return info
+
+
+def _class_params_cached(model: ModelSpec, s: Strategy, seq: int, ctx: CostContext) -> tuple[np.ndarray, ...]:
+    key = ("class_params", id(model), s.tp, s.ep, s.moe_tp, seq)
+    out = ctx.memo.get(key)
+    if out is None:
+        d, e = class_params(model, s, seq)
+        out = ctx.memo[key] = (d, e, float(np.max(d + e)))
+    return out
+
+
 def build_stage_batch(model: ModelSpec, cluster: Cluster, workload: Training, ctx: CostContext,
-                      strategies: Sequence[Strategy], *, cuts: np.ndarray | None = None) -> StageBatch:
+                      strategies: Sequence[Strategy], *, cuts: np.ndarray | None = None,
+                      split: str = "optimal") -> StageBatch:
     """Costs of G strategies sharing pp and virtual stages, with the time-optimal split (or the given `cuts`,
-    or each strategy's own `stages`)."""
+    or each strategy's own `stages`).
+
+    split="even": where the optimal split needs the general DP (non-uniform models, stages on different
+    devices), use an even split instead and mark the group inexact; `pipe_lower_bound_s` then bounds what
+    the optimal split could reach, so a search can run the DP only where it might matter."""
     strategies = tuple(strategies)
     prm = ctx.params
     seq = workload.seq_len or model.seq_len
@@ -222,27 +285,31 @@ def build_stage_batch(model: ModelSpec, cluster: Cluster, workload: Training, ct
     classes, cls_index = model.layer_classes
     cls_index = np.asarray(cls_index)
     K = len(classes)
-    links = tuple(resolve_layout(cluster, s, workload.dtype) for s in strategies)
+    infos = [_layout_info(cluster, s, workload, ctx) for s in strategies]
+    # one cost request per distinct (stage devices, tp, ep, SP, recompute, micro-batch)
     requests, req_of = [], {}
     ridx = np.zeros((G, p), dtype=np.int64)
-    for g, s in enumerate(strategies):
-        for j in range(p):
-            key = (links[g][j].device_key, s.tp, s.ep, s.ep_mode, s.sequence_parallel, s.recompute, s.micro_batch)
-            if key not in req_of:
-                req_of[key] = len(requests)
-                requests.append((links[g][j], s))
-            ridx[g, j] = req_of[key]
+    for g, (s, info) in enumerate(zip(strategies, infos)):
+        base = (s.tp, s.ep, s.ep_mode, s.sequence_parallel, s.recompute, s.micro_batch)
+        for d, mask, first in info.dev_groups:
+            key = (d,) + base
+            r = req_of.get(key)
+            if r is None:
+                r = req_of[key] = len(requests)
+                requests.append((info.links[first], s))
+            ridx[g, mask] = r
     table = class_cost_table(model, ctx, workload, requests)
     C = table[ridx]  # (G, p, K, 6)
     t_cls = C[..., FWD] + C[..., BWD] + C[..., REC] + C[..., TPC] + C[..., EPC]  # (G, p, K)
-    same_stage = (ridx == ridx[:, :1]).all(axis=1)
+    same_stage = np.array([info.same_stage for info in infos])
     m = np.array([workload.global_batch // s.dp // s.micro_batch for s in strategies])
 
     bnd = _boundary_bytes(model, workload, strategies)
-    nb_bw = np.array([[lk.next_bw_gbps for lk in lks] for lks in links]) * prm.collective_efficiency
-    nb_lat = np.array([[lk.next_latency_s for lk in lks] for lks in links]) * prm.collective_latency_factor
+    nb_bw = np.array([info.nb_bw for info in infos])
+    nb_lat = np.array([info.nb_lat for info in infos])
     chunks = p * v
 
+    exact = np.ones(G, dtype=bool)
     if cuts is None:
         cuts = np.zeros((G, chunks + 1), dtype=np.int64)
         given = [g for g, s in enumerate(strategies) if s.stages is not None]
@@ -253,17 +320,20 @@ def build_stage_batch(model: ModelSpec, cluster: Cluster, workload: Training, ct
             fast = todo[same_stage[todo]] if model.is_uniform else np.array([], dtype=np.int64)
             if len(fast):
                 T3 = t_cls[fast][:, :, [cls_index[0], cls_index[1], cls_index[-1]]]
-                if v == 1:
-                    one = float(np.max(bnd[fast, 1]))  # uniform model: every cut sends the same bytes
+                if v == 1:  # uniform model: every cut sends the same bytes
                     out = np.where(np.arange(p) < p - 1, p2p_s(bnd[fast, 1:2], nb_bw[fast], nb_lat[fast]), 0.0)
                     inn = np.zeros_like(out)
                     inn[:, 1:] = p2p_s(bnd[fast, 1:2], nb_bw[fast, :-1], nb_lat[fast, :-1])
-                    del one
                     cuts[fast] = _uniform_cuts(T3, out + inn, L - 2)
                 else:
                     cuts[fast] = _uniform_cuts(np.repeat(T3, v, axis=1)[:, :chunks], np.zeros((len(fast), chunks)),
                                                L - 2)
             slow = np.setdiff1d(todo, fast)
+            if split == "even":
+                for g in slow:
+                    cuts[g] = even_partition(L, chunks)
+                    exact[g] = False
+                slow = slow[:0]
             for g in slow:
                 t_layer = t_cls[g][:, cls_index]  # (p, L)
                 if v == 1:
@@ -296,13 +366,10 @@ def build_stage_batch(model: ModelSpec, cluster: Cluster, workload: Training, ct
     compute = per_stage(FWD) + per_stage(BWD) + per_stage(REC)
     tp_mb, ep_mb = per_stage(TPC), per_stage(EPC)
 
-    dense_rows, expert_rows, max_layer = [], [], []
-    for s in strategies:
-        d, e = class_params(model, s, seq)
-        dense_rows.append(d)
-        expert_rows.append(e)
-        max_layer.append(float(np.max(d + e)))
-    dense_cls, expert_cls = np.array(dense_rows), np.array(expert_rows)  # (G, K)
+    cp = [_class_params_cached(model, s, seq, ctx) for s in strategies]
+    dense_cls = np.array([c[0] for c in cp])  # (G, K)
+    expert_cls = np.array([c[1] for c in cp])
+    max_layer = np.array([c[2] for c in cp])
     dense_params = (counts * dense_cls[:, None, :]).sum(axis=2)
     expert_params = (counts * expert_cls[:, None, :]).sum(axis=2)
     head = model.layers[-1]
@@ -312,19 +379,23 @@ def build_stage_batch(model: ModelSpec, cluster: Cluster, workload: Training, ct
         for g, s in enumerate(strategies):
             copy = head.vocab * head.hidden / s.tp
             dense_params[g, -1] += copy  # the last stage keeps its own copy of the tied embedding
-            lk = links[g][0]
+            lk = infos[g].links[0]
             tied_sync[g] = float(all_reduce_s(copy * gb, 2, min(lk.next_bw_gbps, lk.dp_bw_gbps) *
                                               prm.collective_efficiency, lk.next_latency_s))
-    caps = np.array([[lk.memory_bytes * prm.memory_usable_fraction for lk in lks] for lks in links])
+    # lower bound of the pipeline time over every split: each layer on its fastest stage
+    n_cls = np.bincount(cls_index, minlength=K)
+    t_min = t_cls.min(axis=1)  # (G, K)
+    lb_sum = (t_min * n_cls).sum(axis=1)
+    lb_max = np.maximum(np.where(n_cls > 0, t_min, 0.0).max(axis=1), lb_sum / chunks * v)
+    pipe_lb = (m - 1.0 / v) * lb_max + lb_sum / v
     return StageBatch(
-        strategies=strategies, links=links, cuts=cuts, m=m, stage_t=compute + tp_mb + ep_mb + p2p,
-        compute_mb=compute, bwd_mb=per_stage(BWD), tp_mb=tp_mb, ep_mb=ep_mb, p2p_mb=p2p, rec_mb=per_stage(REC),
-        dense_params=dense_params, expert_params=expert_params, act_mb=per_stage(ACT),
-        max_layer_params=np.array(max_layer), tied_sync_s=tied_sync,
-        dp_bw=np.array([[lk.dp_bw_gbps for lk in lks] for lks in links]) * prm.collective_efficiency,
-        dp_lat=np.array([[lk.dp_latency_s for lk in lks] for lks in links]) * prm.collective_latency_factor,
-        mem_gbps=np.array([[ctx.device(lk.gpu, workload.dtype).memory_gbps for lk in lks] for lks in links]),
-        caps=caps)
+        strategies=strategies, links=tuple(info.links for info in infos), cuts=cuts, m=m, exact=exact,
+        pipe_lower_bound_s=pipe_lb,
+        stage_t=compute + tp_mb + ep_mb + p2p, compute_mb=compute, bwd_mb=per_stage(BWD), tp_mb=tp_mb,
+        ep_mb=ep_mb, p2p_mb=p2p, rec_mb=per_stage(REC), dense_params=dense_params, expert_params=expert_params,
+        act_mb=per_stage(ACT), max_layer_params=max_layer, tied_sync_s=tied_sync,
+        dp_bw=np.array([info.dp_bw for info in infos]), dp_lat=np.array([info.dp_lat for info in infos]),
+        mem_gbps=np.array([info.mem_gbps for info in infos]), caps=np.array([info.caps for info in infos]))
 
 
 def _p2p_matrices(bnd: np.ndarray, nb_bw: np.ndarray, nb_lat: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray]:
@@ -528,10 +599,38 @@ def price_training(model: ModelSpec, cluster: Cluster, workload: Training, ctx: 
     return time_s, mem, fits
 
 
+EXHAUSTIVE_SPLITS = 128  # below this many contiguous splits, try them all on the full step time
+
+
+def all_splits(num_layers: int, p: int) -> np.ndarray | None:
+    """Every split of `num_layers` entries into p non-empty contiguous stages, or None when there are more than
+    EXHAUSTIVE_SPLITS. The DP optimises the pipeline; the optimizer step and data-parallel sync also depend on
+    the split (through each stage's parameters), so small problems are solved on the full step time."""
+    if p < 2 or math.comb(num_layers - 1, p - 1) > EXHAUSTIVE_SPLITS:
+        return None
+    inner = np.array(list(itertools.combinations(range(1, num_layers), p - 1)), dtype=np.int64).reshape(-1, p - 1)
+    n = len(inner)
+    return np.concatenate([np.zeros((n, 1), dtype=np.int64), inner, np.full((n, 1), num_layers)], axis=1)
+
+
+def best_of_splits(time_s: np.ndarray, stage_mem: np.ndarray, caps: np.ndarray) -> int:
+    """Index of the fastest split that fits (the fastest overall when none fits)."""
+    fits = (stage_mem <= caps).all(axis=-1)
+    return int(np.argmin(np.where(fits, time_s, time_s + 1e30)))
+
+
 def estimate_training(model: ModelSpec, cluster: Cluster, strategy: Strategy, workload: Training,
                       ctx: CostContext) -> Estimate:
     s = strategy
     cuts = None
+    zero, sched = np.array([s.zero]), np.array([SCHEDULE_CODES[s.schedule]])
+    if s.stages is None and s.virtual_stages == 1:
+        splits = all_splits(len(model.layers), s.pp)
+        if splits is not None:
+            batch = build_stage_batch(model, cluster, workload, ctx, [s] * len(splits), cuts=splits)
+            a = assemble(batch, workload, ctx, zero, sched)
+            g = best_of_splits(a.time_s[:, 0], a.stage_mem[:, 0], batch.caps)
+            return to_estimate(model, cluster, workload, batch, a, g, 0)
     if s.stages is None and s.pp > 1 and s.virtual_stages == 1:
         first = build_stage_batch(model, cluster, workload, ctx, [s])
         a = assemble(first, workload, ctx, np.array([s.zero]), np.array([SCHEDULE_CODES[s.schedule]]))

@@ -20,8 +20,8 @@ class Training:
 
     `seq_len=None` takes the model's sequence length. `dtype` is the compute
     precision (bf16 by default; fp16 for V100/T4-class parts). Mixed precision
-    keeps fp32 master weights and Adam moments (12 bytes per parameter) unless
-    `optimizer="sgd"` (4 bytes: fp32 master only).
+    keeps fp32 master weights and Adam moments (12 bytes per parameter); `optimizer="sgd"`
+    keeps fp32 master weights and momentum (8 bytes).
     """
 
     global_batch: int

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import re
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -88,6 +89,8 @@ class Node:
         spec = get_gpu(gpu)
         kind, bw = default_fabric(spec, num_gpus)
         kind = intra_node_kind or kind
+        if kind not in FABRIC_KINDS:
+            raise ClusterSpecError(f"unknown intra-node fabric {kind!r}; use one of {', '.join(FABRIC_KINDS)}")
         bw = intra_node_gbps if intra_node_gbps is not None else bw
         lat = intra_node_latency_s if intra_node_latency_s is not None else _FABRIC_LATENCY_S[kind]
         if network_gbps is not None and network_gbps_per_gpu is not None:
@@ -193,12 +196,20 @@ class Cluster:
                 return cls.parse(data["spec"], **extra)
             except TypeError as exc:
                 raise ClusterSpecError(f"unknown cluster option: {exc}") from None
+        unknown = set(data) - {"nodes", "network", "name"}
+        if unknown:
+            raise ClusterSpecError(f"unknown cluster keys {sorted(unknown)}; a cluster file has 'nodes' and "
+                                   f"optionally 'network'")
         raw_nodes = data.get("nodes")
         if not isinstance(raw_nodes, Sequence) or isinstance(raw_nodes, (str, bytes)) or not raw_nodes:
             raise ClusterSpecError("a cluster file needs 'nodes': a list of {gpu, gpus_per_node, count, ...}")
         net = data.get("network", {}) or {}
         if not isinstance(net, Mapping):
             raise ClusterSpecError("'network' must be a mapping like {kind: infiniband, bandwidth_gbps: 50}")
+        bad = set(net) - {"kind", "bandwidth_gbps", "latency_s"}
+        if bad:
+            raise ClusterSpecError(f"unknown network keys {sorted(bad)}; use kind, bandwidth_gbps (per node), "
+                                   f"latency_s")
         default_net_bw = net.get("bandwidth_gbps")
         nodes: list[Node] = []
         for i, raw in enumerate(raw_nodes):
@@ -220,6 +231,10 @@ class Cluster:
             fab = raw.get("fabric", {}) or {}
             if not isinstance(fab, Mapping):
                 raise ClusterSpecError(f"nodes[{i}].fabric must be a mapping like {{kind: nvswitch, bandwidth_gbps: 450}}")
+            bad = set(fab) - {"kind", "bandwidth_gbps", "latency_s"}
+            if bad:
+                raise ClusterSpecError(f"nodes[{i}].fabric has unknown keys {sorted(bad)}; use kind, bandwidth_gbps "
+                                       f"(per GPU), latency_s")
             for _ in range(count):
                 nodes.append(Node.of(
                     raw["gpu"], per_node, intra_node_kind=fab.get("kind"), intra_node_gbps=fab.get("bandwidth_gbps"),
@@ -375,7 +390,9 @@ class Cluster:
         return g
 
     def _vertex(self, gpu_index: int) -> str:
-        if not isinstance(gpu_index, (int,)) or not 0 <= gpu_index < self.num_gpus:
+        if isinstance(gpu_index, numbers.Integral) and not isinstance(gpu_index, bool):
+            gpu_index = int(gpu_index)
+        if not isinstance(gpu_index, int) or isinstance(gpu_index, bool) or not 0 <= gpu_index < self.num_gpus:
             raise ClusterSpecError(f"GPU index {gpu_index!r} is outside 0..{self.num_gpus - 1}")
         ni = self.node_index[gpu_index]
         local = gpu_index - sum(n.num_gpus for n in self.nodes[:ni])
@@ -387,7 +404,7 @@ class Cluster:
     def bandwidth_gbps(self, a: int, b: int) -> float:
         """Bottleneck bandwidth of the path between two GPUs (GB/s per direction)."""
         if a == b:
-            return self.gpus[a].memory_bandwidth_gbps
+            return self.gpus[self._index(a)].memory_bandwidth_gbps
         path = self._path(a, b)
         return min(self.graph.edges[u, v]["bandwidth_gbps"] for u, v in zip(path, path[1:]))
 
@@ -403,7 +420,7 @@ class Cluster:
 
     def _index(self, g: int) -> int:
         self._vertex(g)
-        return g
+        return int(g)
 
     def node_groups(self, group: Iterable[int]) -> dict[int, list[int]]:
         """Members of a group, split by the node they live in."""

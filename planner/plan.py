@@ -20,11 +20,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from costmodel.errors import InvalidStrategyError, ModelConfigError, WorkloadError
 from costmodel.model import ModelSpec
 from costmodel.strategy import Strategy
 from costmodel.workload import Inference, Training, workload_from_dict
-from hardware_profiles.errors import ClusterSpecError, ParplanError
+from hardware_profiles.errors import ParplanError
 from hardware_profiles.topology import Cluster
 
 SCHEMA = "parplan.plan"
@@ -129,7 +128,7 @@ class Plan:
                 objective=str(data.get("objective", "throughput")),
                 checkpoint_interval_steps=int(data.get("checkpoint_interval_steps", 0)),
             )
-        except (ModelConfigError, ClusterSpecError, WorkloadError, InvalidStrategyError) as exc:
+        except (ParplanError, ValueError, TypeError, KeyError) as exc:
             raise PlanFileError(f"plan file has an invalid section: {exc}") from None
 
     @classmethod

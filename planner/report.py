@@ -42,11 +42,12 @@ def explain(result: "PlanResult") -> str:
         lines.append(
             f"Runner-up with another mesh: {runner.strategy.describe()} ({_metric(result, runner)}), "
             f"{rel:+.1%} in time.")
-        if diffs[decider] > 0:
+        tiny = 1e-6 * max(eb.time_s, 1e-12)  # rounding noise is not a reason
+        if diffs[decider] > tiny:
             lines.append(
                 f"What decided it: {TERM_LABELS[decider]}: {_fmt_time(er.breakdown.get(decider, 0.0))} for the "
                 f"runner-up against {_fmt_time(eb.breakdown.get(decider, 0.0))} for the chosen plan.")
-            helped = {k: -v for k, v in diffs.items() if v < 0}
+            helped = {k: -v for k, v in diffs.items() if v < -tiny}
             if helped:
                 k = max(helped, key=helped.get)
                 lines.append(f"The runner-up was better on {TERM_LABELS[k]} (by {_fmt_time(helped[k])}), "

@@ -27,8 +27,8 @@ from costmodel.pricing import ADDITIVE_TERMS, CostContext, Estimate, estimate
 from costmodel.model import ModelSpec
 from costmodel.params import CostParams
 from costmodel.strategy import Strategy
-from costmodel.training import (SCHEDULE_CODES, assemble, breakdown_arrays, build_stage_batch, model_flops_per_step,
-                                peak_flops)
+from costmodel.training import (SCHEDULE_CODES, all_splits, assemble, breakdown_arrays, build_stage_batch,
+                                in_flight, model_flops_per_step, peak_flops)
 from costmodel.workload import Inference, Training
 from hardware_profiles.topology import Cluster
 
@@ -121,55 +121,116 @@ def _training_groups(model: ModelSpec, cluster: Cluster, workload: Training, spa
 
 
 def _training_frame(model: ModelSpec, cluster: Cluster, workload: Training, space: SearchSpace, ctx: CostContext,
-                    cache: dict) -> pd.DataFrame:
-    """Every training candidate, priced in bulk: one row per (base strategy, ZeRO stage, schedule)."""
+                    cache: dict, usable: float) -> pd.DataFrame:
+    """Every training candidate, priced in bulk: one row per (base strategy, ZeRO stage, schedule).
+
+    Groups whose optimal split needs the general DP are first priced with an even split; the DP then runs
+    only for groups whose pipeline lower bound beats the best time found."""
+    info = {"mflops": model_flops_per_step(model, workload), "peak": peak_flops(cluster, workload.dtype),
+            "usable": usable}
+    frames = [_price_bucket(model, cluster, workload, space, ctx, cache, bases, "even", info)
+              for bases in _training_groups(model, cluster, workload, space).values()]
+    if not frames:
+        return pd.DataFrame()
+    df = pd.concat(frames, ignore_index=True)
+    best = df.loc[df["fits"], "time_s"].min() if df["fits"].any() else np.inf
+    need = df[~df["exact_split"] & (df["pipe_lb_s"] < best)]
+    if len(need):
+        redo = []
+        for bid, part in need.groupby("_bid"):
+            batch = cache[bid][0]
+            bases = [batch.strategies[g] for g in sorted(set(part["_g"]))]
+            redo.append((bid, sorted(set(part["_g"])), bases))
+        drop = np.zeros(len(df), dtype=bool)
+        new = []
+        for bid, gs, bases in redo:
+            drop |= (df["_bid"].to_numpy() == bid) & np.isin(df["_g"].to_numpy(), gs)
+            new.append(_price_bucket(model, cluster, workload, space, ctx, cache, bases, "optimal", info))
+        df = pd.concat([df[~drop], *new], ignore_index=True)
+    return df
+
+
+def _price_bucket(model: ModelSpec, cluster: Cluster, workload: Training, space: SearchSpace, ctx: CostContext,
+                  cache: dict, bases: list[Strategy], split: str, info: dict) -> pd.DataFrame:
     seq = workload.seq_len or model.seq_len
-    mflops = model_flops_per_step(model, workload)
-    peak = peak_flops(cluster, workload.dtype)
-    frames = []
-    for (pp, v), bases in _training_groups(model, cluster, workload, space).items():
-        if v > 1:
-            scheds = ["interleaved"]
-        elif pp > 1:
-            scheds = [x for x in space.schedules if x != "interleaved"] or ["1f1b"]
-        else:
-            scheds = ["1f1b"]
-        combos = [(z, x) for z in space.zero for x in scheds]
-        zero = np.array([z for z, _ in combos])
-        sched = np.array([SCHEDULE_CODES[x] for _, x in combos])
-        batch = build_stage_batch(model, cluster, workload, ctx, bases)
+    pp, v = bases[0].pp, bases[0].virtual_stages
+    if v > 1:
+        scheds = ["interleaved"]
+    elif pp > 1:
+        scheds = [x for x in space.schedules if x != "interleaved"] or ["1f1b"]
+    else:
+        scheds = ["1f1b"]
+    combos = [(z, x) for z in space.zero for x in scheds]
+    zero = np.array([z for z, _ in combos])
+    sched = np.array([SCHEDULE_CODES[x] for _, x in combos])
+    splits = all_splits(len(model.layers), pp) if v == 1 else None
+    G = len(bases)
+    if splits is not None:  # small: every split, each (strategy, variant) keeps its best on the full step time
+        S = len(splits)
+        batch = build_stage_batch(model, cluster, workload, ctx, [b for b in bases for _ in range(S)],
+                                  cuts=np.tile(splits, (G, 1)))
         a = assemble(batch, workload, ctx, zero, sched)
-        G, V = a.time_s.shape
-        bid = len(cache)
-        cache[bid] = (batch, a, combos)
-        gi, vi = np.meshgrid(np.arange(G), np.arange(V), indexing="ij")
-        gi, vi = gi.ravel(), vi.ravel()
-        dp = np.array([b.dp for b in bases])
-        valid = (dp[gi] > 1) | (zero[vi] == 0)
-        gi, vi = gi[valid], vi[valid]
-        mem = a.stage_mem[gi, vi]  # (n, p)
-        caps = batch.caps[gi]
-        fullest = np.argmax(mem, axis=1)
-        rows = np.arange(len(gi))
-        t = a.time_s[gi, vi]
-        cols: dict[str, Any] = {
-            "tp": [bases[g].tp for g in gi], "pp": pp, "dp": dp[gi], "ep": [bases[g].ep for g in gi],
-            "ep_mode": [bases[g].ep_mode for g in gi], "micro_batch": [bases[g].micro_batch for g in gi],
-            "schedule": [combos[k][1] for k in vi], "virtual_stages": v,
-            "recompute": [bases[g].recompute for g in gi],
-            "sequence_parallel": [bases[g].sequence_parallel for g in gi], "zero": zero[vi],
-            "placement": ["" if bases[g].placement is None else ",".join(map(str, bases[g].placement)) for g in gi],
-            "num_gpus": cluster.num_gpus, "time_s": t, "tokens_per_s": workload.global_batch * seq / t,
-            "memory_gb": mem[rows, fullest] / 1e9, "capacity_gb": caps[rows, fullest] / 1e9,
-            "fits": (mem <= caps).all(axis=1), "shortfall_gb": np.maximum((mem - caps).max(axis=1), 0) / 1e9,
-            "stages": [",".join(map(str, batch.cuts[g])) if v == 1 else "" for g in gi],
-            "exact_split": True, "mfu": mflops / (t * peak) if peak else 0.0,
-            "_key": [f"{bid}:{g}:{k}" for g, k in zip(gi, vi)],
-        }
-        for k, arr in breakdown_arrays(batch, a).items():
-            cols[k] = arr[gi, vi]
-        frames.append(pd.DataFrame(cols))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        V = a.time_s.shape[1]
+        t3 = a.time_s.reshape(G, S, V)
+        fit3 = (a.stage_mem <= batch.caps[:, None, :] * info["usable"]).all(axis=2).reshape(G, S, V)
+        choice = np.argmin(np.where(fit3, t3, t3 + 1e30), axis=1)  # (G, V)
+        sel = np.arange(G)[:, None] * S + choice  # expanded group of each (strategy, variant)
+    else:
+        batch = build_stage_batch(model, cluster, workload, ctx, bases, split=split)
+        a = assemble(batch, workload, ctx, zero, sched)
+        V = a.time_s.shape[1]
+        sel = np.repeat(np.arange(G)[:, None], V, axis=1)
+    bid = len(cache)
+    cache[bid] = (batch, a, combos)
+    gi, vi = np.meshgrid(np.arange(G), np.arange(V), indexing="ij")
+    gi, vi = gi.ravel(), vi.ravel()
+    dp = np.array([b.dp for b in bases])
+    valid = (dp[gi] > 1) | (zero[vi] == 0)
+    gi, vi = gi[valid], vi[valid]
+    xg = sel[gi, vi]  # row of the (possibly expanded) batch that prices each candidate
+    mem = a.stage_mem[xg, vi]  # (n, p)
+    caps = batch.caps[xg]
+    fullest = np.argmax(mem, axis=1)
+    rows = np.arange(len(gi))
+    t = a.time_s[xg, vi]
+
+    def per_group(values: list) -> np.ndarray:
+        return np.asarray(values, dtype=object if isinstance(values[0], str) else None)[gi]
+
+    placements = per_group(["" if b.placement is None else ",".join(map(str, b.placement)) for b in bases])
+    stages = np.array([",".join(map(str, c)) if v == 1 else "" for c in batch.cuts], dtype=object)[xg]
+    cols: dict[str, Any] = {
+        "tp": per_group([b.tp for b in bases]), "pp": pp, "dp": dp[gi], "ep": per_group([b.ep for b in bases]),
+        "ep_mode": per_group([b.ep_mode for b in bases]), "micro_batch": per_group([b.micro_batch for b in bases]),
+        "schedule": np.array([x for _, x in combos], dtype=object)[vi], "virtual_stages": v,
+        "recompute": per_group([b.recompute for b in bases]),
+        "sequence_parallel": per_group([b.sequence_parallel for b in bases]), "zero": zero[vi],
+        "placement": placements,
+        "num_gpus": cluster.num_gpus, "time_s": t, "tokens_per_s": workload.global_batch * seq / t,
+        "memory_gb": mem[rows, fullest] / 1e9, "capacity_gb": caps[rows, fullest] / 1e9,
+        "fits": (mem <= caps * info["usable"]).all(axis=1),
+        "shortfall_gb": np.maximum((mem - caps * info["usable"]).max(axis=1), 0) / 1e9,
+        "stages": stages, "exact_split": batch.exact[xg], "pipe_lb_s": batch.pipe_lower_bound_s[xg],
+        "mfu": info["mflops"] / (t * info["peak"]) if info["peak"] else 0.0,
+        "_bid": bid, "_g": xg, "_v": vi,
+    }
+    for k, arr in breakdown_arrays(batch, a).items():
+        cols[k] = arr[xg, vi]
+    cols["memory_lb_gb"] = _memory_lower_bound(batch, a, sched)[xg, vi] / 1e9
+    return pd.DataFrame(cols)
+
+
+def _memory_lower_bound(batch, a, sched: np.ndarray) -> np.ndarray:
+    """(G, V) bytes that the fullest GPU needs under ANY split of the layers into stages.
+
+    With stage j holding static state s_j and activations a_j kept for f_j micro-batches, the fullest stage
+    needs at least the average of s_j + f_j a_j weighted by 1/f_j: (S / f_max + A) / sum_j(1 / f_j), plus
+    the fixed reserve, where S and A are the model's totals."""
+    static = (a.memory["weights"] + a.memory["gradients"] + a.memory["optimizer"]).sum(axis=2)
+    flight = in_flight(sched, batch.pp, batch.m, np.full(len(batch.strategies), batch.v))
+    act_total = batch.act_mb.sum(axis=1)[:, None]
+    h = (1.0 / flight).sum(axis=2)
+    return (static / flight.max(axis=2) + act_total) / h + a.memory["reserved"][:, :, 0]
 
 
 def _sub_cluster(cluster: Cluster, n: int) -> Cluster:
@@ -197,6 +258,8 @@ def _inference_rows(model: ModelSpec, cluster: Cluster, workload: Inference, spa
                 key = len(ests)
                 ests[key] = (sub, e)
                 d = _est_columns(e)
+                d["fits"] = all(st.memory_bytes <= st.memory_capacity_bytes * (1 - constraints.memory_headroom)
+                                for st in e.stages)
                 d["_key"] = key
                 rows.append(_row(e.strategy, d))
     return rows, ests
@@ -303,7 +366,7 @@ def plan(model: ModelSpec | str, cluster: Cluster | str, workload: Training | In
         if constraints.max_gpus is not None and constraints.max_gpus < cluster.num_gpus:
             raise PlannerOptionError("training plans use the whole cluster; describe a smaller cluster instead "
                                      "of max_gpus")
-        df = _training_frame(model, cluster, workload, space, ctx, cache)
+        df = _training_frame(model, cluster, workload, space, ctx, cache, 1.0 - constraints.memory_headroom)
     else:
         rows, cache = _inference_rows(model, cluster, workload, space, ctx.params, ctx.profiles, constraints)
         df = pd.DataFrame(rows)
@@ -315,7 +378,6 @@ def plan(model: ModelSpec | str, cluster: Cluster | str, workload: Training | In
     price = sum(g.price_usd_per_hour or math.nan for g in cluster.gpus) / cluster.num_gpus
     df["usd_per_hour"] = df["num_gpus"] * price
     usable = 1.0 - constraints.memory_headroom
-    df["fits"] = df["memory_gb"] <= df["capacity_gb"] * usable * (1 + 1e-12)
 
     if kind == "training":
         _refine_memory(df, model, cluster, workload, ctx, cache, usable)
@@ -347,39 +409,39 @@ def plan(model: ModelSpec | str, cluster: Cluster | str, workload: Training | In
     mesh = ["tp", "pp", "dp", "ep"]
     others = df[(~df["pruned"]) & (df[mesh] != best_row[mesh]).any(axis=1)]
     runner = _finalize(others.iloc[0], model, cluster, workload, ctx, cache, objective) if len(others) else None
-    keys = df.pop("_key")
-    del keys
+    df = df.drop(columns=[c for c in ("_key", "_bid", "_g", "_v") if c in df])
     return PlanResult(best=best, candidates=df, runner_up=runner, objective=objective,
                       search_time_s=time.perf_counter() - t0, constraints=constraints)
 
 
 def _refine_memory(df: pd.DataFrame, model: ModelSpec, cluster: Cluster, workload: Training, ctx: CostContext,
                    cache: dict, usable: float) -> None:
-    """Re-price, with the memory-aware split, non-fitting candidates that could still beat the best."""
+    """Re-price, with the memory-aware split, non-fitting candidates that could still beat the best.
+
+    A memory-aware split never lowers the step time, so candidates at or above the best fitting time are
+    skipped, and so are those whose memory lower bound (any split) exceeds the GPU, one-stage and
+    interleaved candidates (no contiguous split to change)."""
     best = df.loc[df["fits"], "time_s"].min() if df["fits"].any() else math.inf
-    todo = df[~df["fits"]].sort_values("time_s")
-    # a memory-aware split cannot lower the total; skip candidates whose model state alone cannot fit
-    for idx, row in todo.iterrows():
-        if row["time_s"] >= best:
+    todo = df[~df["fits"] & (df["pp"] > 1) & (df["virtual_stages"] == 1) &
+              (df["memory_lb_gb"] <= df["capacity_gb"] * usable)].sort_values("time_s")
+    updates: dict[int, list] = {}
+    cols = ["time_s", "memory_gb", "capacity_gb", "fits", "shortfall_gb", "stages", "tokens_per_s", "mfu",
+            *ADDITIVE_TERMS]
+    for idx, row in zip(todo.index, todo.itertuples(index=False)):
+        if row.time_s >= best:
             break
-        bid, g, k = (int(x) for x in row["_key"].split(":"))
-        batch, a0, _ = cache[bid]
-        if float(a0.stage_mem[g, k].sum()) > float(batch.caps[g].sum()) * usable:
-            continue  # the stages together cannot hold it, whatever the split
-        strat = _strategy_of(row)
-        try:
-            e = estimate(model, cluster, strat, workload, params=ctx.params, profiles=ctx.profiles)
-        except Exception:
-            continue
-        fits = e.memory_per_gpu_bytes <= e.memory_capacity_bytes * usable
-        df.loc[idx, ["time_s", "memory_gb", "capacity_gb", "fits", "stages"]] = [
-            e.time_s, e.memory_per_gpu_bytes / 1e9, e.memory_capacity_bytes / 1e9, fits,
-            ",".join(map(str, e.strategy.stages)) if e.strategy.stages else ""]
-        df.loc[idx, "tokens_per_s"] = e.tokens_per_s
-        for k in ADDITIVE_TERMS:
-            df.loc[idx, k] = e.breakdown.get(k, 0.0)
+        e = estimate(model, cluster, _strategy_of(row._asdict()), workload, params=ctx.params, profiles=ctx.profiles)
+        short = max(st.memory_bytes - st.memory_capacity_bytes * usable for st in e.stages)
+        fits = short <= 0
+        updates[idx] = [e.time_s, e.memory_per_gpu_bytes / 1e9, e.memory_capacity_bytes / 1e9, fits,
+                        max(short, 0.0) / 1e9, ",".join(map(str, e.strategy.stages)) if e.strategy.stages else "",
+                        e.tokens_per_s, e.mfu, *(e.breakdown.get(k, 0.0) for k in ADDITIVE_TERMS)]
         if fits:
             best = min(best, e.time_s)
+    if updates:
+        block = pd.DataFrame.from_dict(updates, orient="index", columns=cols)
+        for c in cols:
+            df.loc[block.index, c] = block[c].astype(df[c].dtype) if c != "stages" else block[c]
 
 
 def _finalize(row: pd.Series, model: ModelSpec, cluster: Cluster, workload: Any, ctx: CostContext, cache: dict,
@@ -406,10 +468,15 @@ def _no_plan_error(df: pd.DataFrame, model: ModelSpec, cluster: Cluster, constra
     strat = _strategy_of(r)
     gb = r["memory_gb"]
     cap = r["capacity_gb"]
-    state_gb = model.num_params * 16 / 1e9
+    if "ttft_s" in df:  # inference
+        state = (f"The weights alone are {model.num_params * 2 / 1e9:.0f} GB in 16-bit over at most "
+                 f"{cluster.num_gpus} GPUs; use more GPUs, GPUs with more memory, or shorter prompts / a smaller "
+                 f"batch for the KV cache.")
+    else:
+        state = (f"Model state alone (weights, gradients and Adam in mixed precision, 16 bytes per parameter) is "
+                 f"{model.num_params * 16 / 1e9:.0f} GB over {cluster.num_gpus} GPUs; use more GPUs, GPUs with more "
+                 f"memory, or a shorter sequence / smaller batch.")
     return NoFeasiblePlanError(
         f"{model.name} does not fit on {cluster.describe()}: the leanest strategy ({strat.describe()}) still "
-        f"needs {gb:.1f} GB per GPU and the GPUs have {cap:.1f} GB usable. Model state alone (weights, gradients "
-        f"and Adam in mixed precision) is {state_gb:.0f} GB over {cluster.num_gpus} GPUs; use more GPUs, GPUs "
-        f"with more memory, or a shorter sequence / smaller batch.", min_memory_bytes=gb * 1e9,
+        f"needs {gb:.1f} GB per GPU and the GPUs have {cap:.1f} GB usable. {state}", min_memory_bytes=gb * 1e9,
         capacity_bytes=cap * 1e9)
