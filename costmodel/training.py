@@ -212,6 +212,80 @@ def _uniform_cuts(T: np.ndarray, extra: np.ndarray, num_blocks: int) -> np.ndarr
     return cuts.astype(np.int64)
 
 
+def _greedy_fill(t: np.ndarray, base: np.ndarray, c: np.ndarray, lo: np.ndarray, N: int, order: np.ndarray,
+                 inv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For thresholds t (G, n): the least-total assignment of N blocks with every stage <= t, filling the fastest
+    stages first. Returns blocks per stage (G, n, p) and feasibility (G, n)."""
+    kmax = np.floor((t[:, :, None] - base[:, None, :]) / np.maximum(c, 1e-300)[:, None, :] + 1e-9)
+    kmax = np.clip(kmax, -1, N)
+    feasible = (kmax >= lo).all(axis=2) & (kmax.sum(axis=2) >= N)
+    room = np.take_along_axis(kmax - lo, np.broadcast_to(order[:, None, :], kmax.shape), axis=2)
+    before = np.cumsum(room, axis=2) - room
+    fill = np.clip(N - lo.sum() - before, 0, room)
+    k = lo + np.take_along_axis(fill, np.broadcast_to(inv[:, None, :], fill.shape), axis=2)
+    return k, feasible
+
+
+def _uniform_cuts_mixed(T: np.ndarray, extra: np.ndarray, num_blocks: int, weight: np.ndarray,
+                        per_stage_thresholds: int = 4) -> np.ndarray:
+    """Exact split of [embed, N blocks, head] when stages run at different speeds, on A * max + sum.
+
+    T: (G, p, 3) time of (embedding, block, head) on each stage's devices; extra: (G, p) constant per-stage
+    cost; weight: (G,) A. For a bottleneck threshold t the least total puts each block on the fastest stage
+    with room (exchange argument); the optimum's bottleneck is one of the values base_j + k c_j, and it lies in
+    [t*, t* + (total(t*) - least total) / A] where t* is the least feasible bottleneck. That interval usually
+    holds a few values per stage; groups where it holds more are solved over all values."""
+    G, p, _ = T.shape
+    N = num_blocks
+    if p == 1:
+        return np.tile(np.array([0, N + 2]), (G, 1))
+    c = T[:, :, 1]
+    base = extra.copy()
+    base[:, 0] += T[:, 0, 0]
+    base[:, -1] += T[:, -1, 2]
+    lo = np.ones(p)
+    lo[0] = lo[-1] = 0
+    order = np.argsort(c, axis=1)
+    inv = np.argsort(order, axis=1)
+    # least feasible bottleneck t*, by bisection
+    hi = (base + N * c).max(axis=1)
+    low = np.zeros(G)
+    for _ in range(52):
+        mid = 0.5 * (low + hi)
+        _, ok = _greedy_fill(mid[:, None], base, c, lo, N, order, inv)
+        hi = np.where(ok[:, 0], mid, hi)
+        low = np.where(ok[:, 0], low, mid)
+    k_star, _ = _greedy_fill(hi[:, None], base, c, lo, N, order, inv)
+    times = base + k_star[:, 0] * c
+    t_star = times.max(axis=1)
+    total = times.sum(axis=1)
+    k_inf, _ = _greedy_fill(np.full((G, 1), np.inf), base, c, lo, N, order, inv)
+    least = (base + k_inf[:, 0] * c).sum(axis=1)
+    t_hi = t_star + (total - least) / np.maximum(weight, 1e-12)
+    # candidate bottlenecks in [t*, t_hi]: the first few values base_j + k c_j above t* on each stage
+    k0 = np.ceil((t_star[:, None] - base) / np.maximum(c, 1e-300) - 1e-9)
+    steps = np.arange(per_stage_thresholds)
+    cand = (base[:, :, None] + (k0[:, :, None] + steps) * c[:, :, None]).reshape(G, -1)
+    cand = np.concatenate([t_star[:, None], cand], axis=1)
+    beyond = (base + (k0 + per_stage_thresholds) * c <= t_hi[:, None] * (1 + 1e-12)).any(axis=1)
+    cand = np.where(cand <= t_hi[:, None] * (1 + 1e-12), cand, t_star[:, None])
+    k, ok = _greedy_fill(cand, base, c, lo, N, order, inv)
+    tm = base[:, None, :] + k * c[:, None, :]
+    obj = np.where(ok, weight[:, None] * tm.max(axis=2) + tm.sum(axis=2), np.inf)
+    kb = k[np.arange(G), np.argmin(obj, axis=1)]
+    for g in np.flatnonzero(beyond):  # wide interval: every value on every stage
+        all_t = (base[g][:, None] + np.arange(N + 1)[None, :] * c[g][:, None]).ravel()
+        all_t = all_t[(all_t >= t_star[g] * (1 - 1e-12)) & (all_t <= t_hi[g] * (1 + 1e-12))][None, :]
+        kg, okg = _greedy_fill(all_t, base[g:g + 1], c[g:g + 1], lo, N, order[g:g + 1], inv[g:g + 1])
+        tg = base[g][None, None, :] + kg * c[g][None, None, :]
+        og = np.where(okg, weight[g] * tg.max(axis=2) + tg.sum(axis=2), np.inf)
+        kb[g] = kg[0, int(np.argmin(og[0]))]
+    cuts = np.zeros((G, p + 1), dtype=np.int64)
+    cuts[:, 1:] = 1 + np.cumsum(kb, axis=1)
+    cuts[:, -1] += 1
+    return cuts
+
+
 def _boundary_bytes(model: ModelSpec, workload: Training, strategies: Sequence[Strategy]) -> np.ndarray:
     """(G, L + 1): bytes each TP rank sends at a cut before layer i (one micro-batch of activations)."""
     seq = workload.seq_len or model.seq_len
@@ -317,17 +391,23 @@ def build_stage_batch(model: ModelSpec, cluster: Cluster, workload: Training, ct
             cuts[g] = strategies[g].stages
         todo = np.array([g for g in range(G) if strategies[g].stages is None], dtype=np.int64)
         if len(todo):
-            fast = todo[same_stage[todo]] if model.is_uniform else np.array([], dtype=np.int64)
-            if len(fast):
+            fast = todo if model.is_uniform else np.array([], dtype=np.int64)
+            if len(fast):  # uniform model: closed forms, and every cut sends the same bytes
                 T3 = t_cls[fast][:, :, [cls_index[0], cls_index[1], cls_index[-1]]]
-                if v == 1:  # uniform model: every cut sends the same bytes
+                same = same_stage[fast]
+                if v == 1:
                     out = np.where(np.arange(p) < p - 1, p2p_s(bnd[fast, 1:2], nb_bw[fast], nb_lat[fast]), 0.0)
                     inn = np.zeros_like(out)
                     inn[:, 1:] = p2p_s(bnd[fast, 1:2], nb_bw[fast, :-1], nb_lat[fast, :-1])
-                    cuts[fast] = _uniform_cuts(T3, out + inn, L - 2)
+                    extra = out + inn
                 else:
-                    cuts[fast] = _uniform_cuts(np.repeat(T3, v, axis=1)[:, :chunks], np.zeros((len(fast), chunks)),
-                                               L - 2)
+                    T3 = np.tile(T3, (1, v, 1))  # chunk c runs on stage c % p
+                    extra = np.zeros((len(fast), chunks))
+                if same.any():
+                    cuts[fast[same]] = _uniform_cuts(T3[same], extra[same], L - 2)
+                if (~same).any():
+                    weight = (m[fast[~same]] * v - 1).astype(float)
+                    cuts[fast[~same]] = _uniform_cuts_mixed(T3[~same], extra[~same], L - 2, weight)
             slow = np.setdiff1d(todo, fast)
             if split == "even":
                 for g in slow:
@@ -382,11 +462,16 @@ def build_stage_batch(model: ModelSpec, cluster: Cluster, workload: Training, ct
             lk = infos[g].links[0]
             tied_sync[g] = float(all_reduce_s(copy * gb, 2, min(lk.next_bw_gbps, lk.dp_bw_gbps) *
                                               prm.collective_efficiency, lk.next_latency_s))
-    # lower bound of the pipeline time over every split: each layer on its fastest stage
+    # lower bound of the pipeline time over every split. t_min: each layer class on its fastest stage; stage j
+    # is at least f_j times slower on every class, so the slowest stage needs at least
+    # sum(t_min) / sum_j(1 / f_j) (all stages finishing together), and at least one layer's time
     n_cls = np.bincount(cls_index, minlength=K)
     t_min = t_cls.min(axis=1)  # (G, K)
     lb_sum = (t_min * n_cls).sum(axis=1)
-    lb_max = np.maximum(np.where(n_cls > 0, t_min, 0.0).max(axis=1), lb_sum / chunks * v)
+    present = (n_cls > 0)[None, None, :] & (t_min[:, None, :] > 0)
+    ratio = np.where(present, t_cls / np.where(t_min > 0, t_min, 1.0)[:, None, :], np.inf).min(axis=2)  # (G, p)
+    ratio = np.where(np.isfinite(ratio), np.maximum(ratio, 1.0), 1.0)
+    lb_max = np.maximum(np.where(n_cls > 0, t_min, 0.0).max(axis=1), lb_sum / (1.0 / ratio).sum(axis=1))
     pipe_lb = (m - 1.0 / v) * lb_max + lb_sum / v
     return StageBatch(
         strategies=strategies, links=tuple(info.links for info in infos), cuts=cuts, m=m, exact=exact,

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from costmodel.catalog import resolve_model
+from costmodel.layout import resolve_layout
 from costmodel.pricing import ADDITIVE_TERMS, CostContext, Estimate, estimate
 from costmodel.model import ModelSpec
 from costmodel.params import CostParams
@@ -103,7 +104,16 @@ def _training_groups(model: ModelSpec, cluster: Cluster, workload: Training, spa
     """Base strategies (ZeRO stage and schedule left open), bucketed by (pp, virtual stages)."""
     buckets: dict[tuple[int, int], list[Strategy]] = {}
     entries = len(model.layers)
+    seen: set = set()
     for lay in layouts(model, cluster, workload, space):
+        if lay.placement is not None or not cluster.is_homogeneous:
+            # node orders that put the same devices and links under every stage price the same: keep one
+            sig = (lay.tp, lay.pp, lay.dp, lay.ep, lay.ep_mode,
+                   resolve_layout(cluster, Strategy(tp=lay.tp, pp=lay.pp, dp=lay.dp, ep=lay.ep, ep_mode=lay.ep_mode,
+                                                    placement=lay.placement), workload.dtype))
+            if sig in seen:
+                continue
+            seen.add(sig)
         per_replica = workload.global_batch // lay.dp
         for mb in micro_batches(per_replica, space):
             m = per_replica // mb

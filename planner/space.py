@@ -85,14 +85,15 @@ def _ep_options(model: ModelSpec, tp: int, dp: int, space: SearchSpace) -> list[
 
 def node_orders(cluster: Cluster, limit: int) -> list[tuple[int, ...] | None]:
     """Orders in which to lay ranks over nodes. Homogeneous: one (identity). Mixed: every distinct
-    sequence of node types (up to `limit`) for up to 8 nodes, else the orders that keep each type's nodes
-    together; same-type nodes always in index order."""
+    sequence of node types for up to 4 nodes (AMP's clusters), else the orders that keep each type's nodes
+    together (pipeline stages take contiguous blocks of ranks, so these keep stages on one GPU type);
+    same-type nodes always in index order. At most `limit` orders."""
     if cluster.is_homogeneous:
         return [None]
     kinds = [(n.gpu.name, n.num_gpus, n.fabric, n.network_gbps) for n in cluster.nodes]
     distinct = list(dict.fromkeys(kinds))
     pools = {k: [i for i, x in enumerate(kinds) if x == k] for k in distinct}
-    if len(kinds) <= 8:
+    if len(kinds) <= 4:
         sequences = _multiset_permutations([distinct.index(k) for k in kinds], limit)
     else:
         sequences = [tuple(t for t in block for _ in pools[distinct[t]])
