@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 from .errors import InvalidStrategyError
 
 SCHEDULES = ("gpipe", "1f1b", "interleaved")
+_VALID_PLACEMENTS: set[tuple[int, ...]] = set()  # placements already checked (the planner builds many strategies)
 RECOMPUTE = ("none", "selective", "full")
 EP_MODES = ("dp", "tp")
 
@@ -88,11 +89,15 @@ class Strategy:
             if any(b <= a for a, b in zip(st, st[1:])) or st[0] != 0:
                 raise InvalidStrategyError(
                     f"stage cut points must start at 0 and increase strictly, got {list(st)}", rule="stages")
-        if self.placement is not None:
-            object.__setattr__(self, "placement", tuple(int(p) for p in self.placement))
-            if sorted(self.placement) != list(range(len(self.placement))):
+        if self.placement is not None and not (isinstance(self.placement, tuple)
+                                               and self.placement in _VALID_PLACEMENTS):
+            placement = tuple(int(p) for p in self.placement)
+            if sorted(placement) != list(range(len(placement))):
                 raise InvalidStrategyError("placement must be a permutation of the GPU indices 0..N-1",
                                            rule="placement")
+            object.__setattr__(self, "placement", placement)
+            if len(_VALID_PLACEMENTS) < 4096:
+                _VALID_PLACEMENTS.add(placement)
 
     # -- derived ---------------------------------------------------------
     @property

@@ -227,18 +227,22 @@ def _greedy_fill(t: np.ndarray, base: np.ndarray, c: np.ndarray, lo: np.ndarray,
 
 
 def _uniform_cuts_mixed(T: np.ndarray, extra: np.ndarray, num_blocks: int, weight: np.ndarray,
-                        per_stage_thresholds: int = 4) -> np.ndarray:
+                        per_stage_thresholds: int = 8, bottleneck_only: bool = False
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exact split of [embed, N blocks, head] when stages run at different speeds, on A * max + sum.
 
     T: (G, p, 3) time of (embedding, block, head) on each stage's devices; extra: (G, p) constant per-stage
     cost; weight: (G,) A. For a bottleneck threshold t the least total puts each block on the fastest stage
     with room (exchange argument); the optimum's bottleneck is one of the values base_j + k c_j, and it lies in
     [t*, t* + (total(t*) - least total) / A] where t* is the least feasible bottleneck. That interval usually
-    holds a few values per stage; groups where it holds more are solved over all values."""
+    holds a few values per stage; groups where it holds more are solved over all values.
+
+    Returns (cuts, exact, lower bound of A * max + sum). With `bottleneck_only`, stops at the least-total split
+    under t* (exact where the interval is a single point) so a search can solve exactly only where it matters."""
     G, p, _ = T.shape
     N = num_blocks
     if p == 1:
-        return np.tile(np.array([0, N + 2]), (G, 1))
+        return np.tile(np.array([0, N + 2]), (G, 1)), np.ones(G, dtype=bool), np.zeros(G)
     c = T[:, :, 1]
     base = extra.copy()
     base[:, 0] += T[:, 0, 0]
@@ -250,11 +254,13 @@ def _uniform_cuts_mixed(T: np.ndarray, extra: np.ndarray, num_blocks: int, weigh
     # least feasible bottleneck t*, by bisection
     hi = (base + N * c).max(axis=1)
     low = np.zeros(G)
+    c_safe = np.maximum(c, 1e-300)
     for _ in range(52):
         mid = 0.5 * (low + hi)
-        _, ok = _greedy_fill(mid[:, None], base, c, lo, N, order, inv)
-        hi = np.where(ok[:, 0], mid, hi)
-        low = np.where(ok[:, 0], low, mid)
+        kmax = np.minimum(np.floor((mid[:, None] - base) / c_safe + 1e-9), N)
+        ok = (kmax >= lo).all(axis=1) & (kmax.sum(axis=1) >= N)
+        hi = np.where(ok, mid, hi)
+        low = np.where(ok, low, mid)
     k_star, _ = _greedy_fill(hi[:, None], base, c, lo, N, order, inv)
     times = base + k_star[:, 0] * c
     t_star = times.max(axis=1)
@@ -262,6 +268,10 @@ def _uniform_cuts_mixed(T: np.ndarray, extra: np.ndarray, num_blocks: int, weigh
     k_inf, _ = _greedy_fill(np.full((G, 1), np.inf), base, c, lo, N, order, inv)
     least = (base + k_inf[:, 0] * c).sum(axis=1)
     t_hi = t_star + (total - least) / np.maximum(weight, 1e-12)
+    lower = weight * t_star + least
+    if bottleneck_only:
+        exact = (total - least) <= 1e-12 * np.maximum(total, 1e-30)
+        return _cuts_from_blocks(k_star[:, 0]), exact, lower
     # candidate bottlenecks in [t*, t_hi]: the first few values base_j + k c_j above t* on each stage
     k0 = np.ceil((t_star[:, None] - base) / np.maximum(c, 1e-300) - 1e-9)
     steps = np.arange(per_stage_thresholds)
@@ -273,15 +283,22 @@ def _uniform_cuts_mixed(T: np.ndarray, extra: np.ndarray, num_blocks: int, weigh
     tm = base[:, None, :] + k * c[:, None, :]
     obj = np.where(ok, weight[:, None] * tm.max(axis=2) + tm.sum(axis=2), np.inf)
     kb = k[np.arange(G), np.argmin(obj, axis=1)]
-    for g in np.flatnonzero(beyond):  # wide interval: every value on every stage
-        all_t = (base[g][:, None] + np.arange(N + 1)[None, :] * c[g][:, None]).ravel()
-        all_t = all_t[(all_t >= t_star[g] * (1 - 1e-12)) & (all_t <= t_hi[g] * (1 + 1e-12))][None, :]
-        kg, okg = _greedy_fill(all_t, base[g:g + 1], c[g:g + 1], lo, N, order[g:g + 1], inv[g:g + 1])
-        tg = base[g][None, None, :] + kg * c[g][None, None, :]
-        og = np.where(okg, weight[g] * tg.max(axis=2) + tg.sum(axis=2), np.inf)
-        kb[g] = kg[0, int(np.argmin(og[0]))]
-    cuts = np.zeros((G, p + 1), dtype=np.int64)
-    cuts[:, 1:] = 1 + np.cumsum(kb, axis=1)
+    kb = np.where((weight <= 0)[:, None], k_inf[:, 0], kb)  # A = 0: only the total counts
+    wide = np.flatnonzero(beyond & (weight > 0))
+    for start in range(0, len(wide), max(1, 2_000_000 // max(p * p * (N + 1), 1))):  # every value, in chunks
+        gs = wide[start:start + max(1, 2_000_000 // max(p * p * (N + 1), 1))]
+        all_t = (base[gs][:, :, None] + np.arange(N + 1)[None, None, :] * c[gs][:, :, None]).reshape(len(gs), -1)
+        kg, okg = _greedy_fill(all_t, base[gs], c[gs], lo, N, order[gs], inv[gs])
+        tg = base[gs][:, None, :] + kg * c[gs][:, None, :]
+        og = np.where(okg, weight[gs][:, None] * tg.max(axis=2) + tg.sum(axis=2), np.inf)
+        kb[gs] = kg[np.arange(len(gs)), np.argmin(og, axis=1)]
+    return _cuts_from_blocks(kb), np.ones(G, dtype=bool), lower
+
+
+def _cuts_from_blocks(k: np.ndarray) -> np.ndarray:
+    """Cut points of [embed, blocks..., head] from blocks per stage (G, p)."""
+    cuts = np.zeros((k.shape[0], k.shape[1] + 1), dtype=np.int64)
+    cuts[:, 1:] = 1 + np.cumsum(k, axis=1)
     cuts[:, -1] += 1
     return cuts
 
@@ -384,6 +401,7 @@ def build_stage_batch(model: ModelSpec, cluster: Cluster, workload: Training, ct
     chunks = p * v
 
     exact = np.ones(G, dtype=bool)
+    mixed_lb = np.zeros(G)  # objective lower bound from the mixed closed form, where it ran
     if cuts is None:
         cuts = np.zeros((G, chunks + 1), dtype=np.int64)
         given = [g for g, s in enumerate(strategies) if s.stages is not None]
@@ -406,8 +424,12 @@ def build_stage_batch(model: ModelSpec, cluster: Cluster, workload: Training, ct
                 if same.any():
                     cuts[fast[same]] = _uniform_cuts(T3[same], extra[same], L - 2)
                 if (~same).any():
-                    weight = (m[fast[~same]] * v - 1).astype(float)
-                    cuts[fast[~same]] = _uniform_cuts_mixed(T3[~same], extra[~same], L - 2, weight)
+                    mixed = fast[~same]
+                    weight = (m[mixed] * v - 1).astype(float)
+                    cuts[mixed], ok, lower = _uniform_cuts_mixed(T3[~same], extra[~same], L - 2, weight,
+                                                                 bottleneck_only=split == "even")
+                    exact[mixed] = ok
+                    mixed_lb[mixed] = lower
             slow = np.setdiff1d(todo, fast)
             if split == "even":
                 for g in slow:
@@ -473,6 +495,8 @@ def build_stage_batch(model: ModelSpec, cluster: Cluster, workload: Training, ct
     ratio = np.where(np.isfinite(ratio), np.maximum(ratio, 1.0), 1.0)
     lb_max = np.maximum(np.where(n_cls > 0, t_min, 0.0).max(axis=1), lb_sum / (1.0 / ratio).sum(axis=1))
     pipe_lb = (m - 1.0 / v) * lb_max + lb_sum / v
+    if v == 1:
+        pipe_lb = np.maximum(pipe_lb, mixed_lb)
     return StageBatch(
         strategies=strategies, links=tuple(info.links for info in infos), cuts=cuts, m=m, exact=exact,
         pipe_lower_bound_s=pipe_lb,
@@ -495,40 +519,60 @@ def _p2p_matrices(bnd: np.ndarray, nb_bw: np.ndarray, nb_lat: np.ndarray, p: int
     return out, inn
 
 
-def memory_aware_cuts(model: ModelSpec, cluster: Cluster, workload: Training, ctx: CostContext, s: Strategy
-                      ) -> tuple[int, ...] | None:
+def _greedy_memory_fit(layer_mem: np.ndarray, room: np.ndarray) -> bool:
+    """Whether layers can be split into len(room) non-empty contiguous stages with stage j's layers (memory
+    layer_mem[j]) within room[j]. Taking the longest prefix that fits on each stage in turn is exact: a later
+    stage is only ever left a suffix of what any feasible split gives it."""
+    p, L = layer_mem.shape
+    start = 0
+    for j in range(p):
+        if start >= L:
+            return False
+        csum = np.cumsum(layer_mem[j, start:])
+        take = int(np.searchsorted(csum, room[j] * (1 + 1e-12), side="right"))
+        take = min(take, L - start - (p - j - 1))  # leave a layer for every later stage
+        if take < 1:
+            return False
+        start += take
+    return start == L
+
+
+def memory_aware_cuts(model: ModelSpec, cluster: Cluster, workload: Training, ctx: CostContext, s: Strategy,
+                      usable: float = 1.0) -> tuple[int, ...] | None:
     """AMP's pipeline DP with memory limits for one strategy (its own ZeRO stage and schedule); None when no
-    split fits."""
+    split fits (decided first by an exact greedy test, so hopeless strategies cost no DP)."""
     if s.virtual_stages > 1 or s.pp == 1:
         return None
-    batch = build_stage_batch(model, cluster, workload, ctx, [s])
+    info = _layout_info(cluster, s, workload, ctx)
+    m = workload.global_batch // s.dp // s.micro_batch
     p, L = s.pp, len(model.layers)
     classes, cls_index = model.layer_classes
     cls_index = np.asarray(cls_index)
-    links = batch.links[0]
+    links = info.links
     reqs = [(links[j], s) for j in range(p)]
     C = class_cost_table(model, ctx, workload, reqs)  # (p, K, 6)
     t_layer = (C[..., FWD] + C[..., BWD] + C[..., REC] + C[..., TPC] + C[..., EPC])[:, cls_index]
     act_layer = C[..., ACT][:, cls_index]
     seq = workload.seq_len or model.seq_len
-    dense_cls, expert_cls = class_params(model, s, seq)
+    dense_cls, expert_cls, max_layer = _class_params_cached(model, s, seq, ctx)
     sb = static_bytes(workload)
     zero = np.array([s.zero])
     wd, gd, od = (float(x[0]) for x in _zero_div(zero, np.array([s.dp])))
     we, ge, oe = (float(x[0]) for x in _zero_div(zero, np.array([expert_ways(s)])))
     static = dense_cls[cls_index] * (sb.weights / wd + sb.gradients / gd + sb.optimizer / od) + \
         expert_cls[cls_index] * (sb.weights / we + sb.gradients / ge + sb.optimizer / oe)
-    flight = in_flight(np.array([SCHEDULE_CODES[s.schedule]]), p, batch.m, np.array([1]))[0, 0]
+    flight = in_flight(np.array([SCHEDULE_CODES[s.schedule]]), p, np.array([m]), np.array([1]))[0, 0]
     layer_mem = static[None, :] + flight[:, None] * act_layer
     head = model.layers[-1]
     if head.kind == "head" and head.tied:
         layer_mem[1:, -1] += head.vocab * head.hidden / s.tp * (sb.weights / wd + sb.gradients / gd + sb.optimizer / od)
-    reserved = float(_reserved(ctx.params.memory_reserved_bytes, zero, batch.max_layer_params, sb)[0, 0])
-    nb_bw = np.array([lk.next_bw_gbps for lk in links]) * ctx.params.collective_efficiency
-    nb_lat = np.array([lk.next_latency_s for lk in links]) * ctx.params.collective_latency_factor
-    out, inn = _p2p_matrices(_boundary_bytes(model, workload, [s])[0], nb_bw, nb_lat, p)
-    res = partition(t_layer, weight=float(batch.m[0] - 1), out_cost=out, in_cost=inn, layer_mem=layer_mem,
-                    mem_fixed=np.full(p, reserved), mem_cap=batch.caps[0])
+    reserved = float(_reserved(ctx.params.memory_reserved_bytes, zero, np.array([max_layer]), sb)[0, 0])
+    caps = info.caps * usable
+    if not _greedy_memory_fit(layer_mem, caps - reserved):
+        return None
+    out, inn = _p2p_matrices(_boundary_bytes(model, workload, [s])[0], info.nb_bw, info.nb_lat, p)
+    res = partition(t_layer, weight=float(m - 1), out_cost=out, in_cost=inn, layer_mem=layer_mem,
+                    mem_fixed=np.full(p, reserved), mem_cap=caps)
     return res.boundaries if res.feasible else None
 
 

@@ -109,9 +109,14 @@ _DTYPE_ALIASES = {
 DTYPE_BYTES = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1}
 
 
+_DTYPE_KEYS = {k.replace("_", ""): v for k, v in _DTYPE_ALIASES.items()}
+
+
 def normalize_dtype(dtype: str) -> str:
+    if dtype in PRECISIONS:
+        return dtype
     key = str(dtype).lower().replace("torch.", "").replace("-", "").replace("_", "")
-    key = {k.replace("_", ""): v for k, v in _DTYPE_ALIASES.items()}.get(key)
+    key = _DTYPE_KEYS.get(key)
     if key is None:
         raise UnsupportedPrecisionError(
             f"unknown precision {dtype!r}; use one of {', '.join(PRECISIONS)}"

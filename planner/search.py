@@ -29,7 +29,7 @@ from costmodel.model import ModelSpec
 from costmodel.params import CostParams
 from costmodel.strategy import Strategy
 from costmodel.training import (SCHEDULE_CODES, all_splits, assemble, breakdown_arrays, build_stage_batch,
-                                in_flight, model_flops_per_step, peak_flops)
+                                in_flight, memory_aware_cuts, model_flops_per_step, peak_flops)
 from costmodel.workload import Inference, Training
 from hardware_profiles.topology import Cluster
 
@@ -425,33 +425,61 @@ def plan(model: ModelSpec | str, cluster: Cluster | str, workload: Training | In
 
 
 def _refine_memory(df: pd.DataFrame, model: ModelSpec, cluster: Cluster, workload: Training, ctx: CostContext,
-                   cache: dict, usable: float) -> None:
+                   cache: dict, usable: float, chunk: int = 16) -> None:
     """Re-price, with the memory-aware split, non-fitting candidates that could still beat the best.
 
     A memory-aware split never lowers the step time, so candidates at or above the best fitting time are
     skipped, and so are those whose memory lower bound (any split) exceeds the GPU, one-stage and
-    interleaved candidates (no contiguous split to change)."""
+    interleaved candidates (no contiguous split to change). An exact greedy test rules out the rest that no
+    split can fit before any DP runs; the survivors are priced together, a chunk at a time."""
     best = df.loc[df["fits"], "time_s"].min() if df["fits"].any() else math.inf
     todo = df[~df["fits"] & (df["pp"] > 1) & (df["virtual_stages"] == 1) &
               (df["memory_lb_gb"] <= df["capacity_gb"] * usable)].sort_values("time_s")
-    updates: dict[int, list] = {}
+    if todo.empty:
+        return
     cols = ["time_s", "memory_gb", "capacity_gb", "fits", "shortfall_gb", "stages", "tokens_per_s", "mfu",
             *ADDITIVE_TERMS]
-    for idx, row in zip(todo.index, todo.itertuples(index=False)):
-        if row.time_s >= best:
+    seq = workload.seq_len or model.seq_len
+    mflops, peak = model_flops_per_step(model, workload), peak_flops(cluster, workload.dtype)
+    updates: dict[int, list] = {}
+    rows = list(zip(todo.index, todo.itertuples(index=False)))
+    for start in range(0, len(rows), chunk):
+        part = [(i, r) for i, r in rows[start:start + chunk] if r.time_s < best]
+        if not part:
             break
-        e = estimate(model, cluster, _strategy_of(row._asdict()), workload, params=ctx.params, profiles=ctx.profiles)
-        short = max(st.memory_bytes - st.memory_capacity_bytes * usable for st in e.stages)
-        fits = short <= 0
-        updates[idx] = [e.time_s, e.memory_per_gpu_bytes / 1e9, e.memory_capacity_bytes / 1e9, fits,
-                        max(short, 0.0) / 1e9, ",".join(map(str, e.strategy.stages)) if e.strategy.stages else "",
-                        e.tokens_per_s, e.mfu, *(e.breakdown.get(k, 0.0) for k in ADDITIVE_TERMS)]
-        if fits:
-            best = min(best, e.time_s)
+        aware = []
+        for i, r in part:
+            strat = _strategy_of(r._asdict())
+            cuts = memory_aware_cuts(model, cluster, workload, ctx, strat, usable)
+            if cuts is not None:
+                aware.append((i, strat.with_(stages=tuple(cuts))))
+        for pp, group in _by_pp(aware).items():
+            strats = [st for _, st in group]
+            batch = build_stage_batch(model, cluster, workload, ctx, strats)
+            a = assemble(batch, workload, ctx, np.array([[st.zero] for st in strats]),
+                         np.array([[SCHEDULE_CODES[st.schedule]] for st in strats]))
+            bd = breakdown_arrays(batch, a)
+            for g, (i, st) in enumerate(group):
+                mem = a.stage_mem[g, 0]
+                short = float((mem - batch.caps[g] * usable).max())
+                t = float(a.time_s[g, 0])
+                full = int(np.argmax(mem))
+                updates[i] = [t, float(mem[full]) / 1e9, float(batch.caps[g, full]) / 1e9, short <= 0,
+                              max(short, 0.0) / 1e9, ",".join(map(str, st.stages)), workload.global_batch * seq / t,
+                              mflops / (t * peak) if peak else 0.0, *(float(bd[k][g, 0]) for k in ADDITIVE_TERMS)]
+                if short <= 0:
+                    best = min(best, t)
     if updates:
         block = pd.DataFrame.from_dict(updates, orient="index", columns=cols)
         for c in cols:
             df.loc[block.index, c] = block[c].astype(df[c].dtype) if c != "stages" else block[c]
+
+
+def _by_pp(items: list) -> dict[int, list]:
+    out: dict[int, list] = {}
+    for i, st in items:
+        out.setdefault(st.pp, []).append((i, st))
+    return out
 
 
 def _finalize(row: pd.Series, model: ModelSpec, cluster: Cluster, workload: Any, ctx: CostContext, cache: dict,
