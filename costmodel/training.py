@@ -728,7 +728,7 @@ def price_training(model: ModelSpec, cluster: Cluster, workload: Training, ctx: 
     return time_s, mem, fits
 
 
-EXHAUSTIVE_SPLITS = 128  # below this many contiguous splits, try them all on the full step time
+EXHAUSTIVE_SPLITS = 20  # below this many contiguous splits, try them all on the full step time
 
 
 def all_splits(num_layers: int, p: int) -> np.ndarray | None:
