@@ -69,19 +69,14 @@ def _device_perf(gpu: GPUSpec, dtype: str, params: CostParams, profile: Any) -> 
     eff, half = params.gemm_efficiency_for(gpu.name), params.gemm_half_flops
     mem = gpu.memory_bandwidth_gbps * params.memory_efficiency
     origin = "datasheet"
+    overhead = params.kernel_overhead_s
     if profile is not None:
-        try:
-            fit = profile.gemm_efficiency(dtype)
-        except Exception:
-            fit = None
-        if fit is not None:
-            eff, half = float(fit[0]), float(fit[1])
+        from .calibrate import fit_device
+
+        fit = fit_device(profile, dtype)
+        if fit is not None:  # the roofline itself fitted to the measured GEMMs wins over the datasheet
+            eff, half, overhead, mem = fit.gemm_efficiency, fit.gemm_half_flops, fit.kernel_overhead_s, fit.memory_gbps
             origin = f"measured {getattr(profile, 'date', '')}".strip()
-        measured_bw = getattr(profile, "memory_bandwidth_gbps", None)
-        if callable(measured_bw):
-            measured_bw = measured_bw()
-        if measured_bw:
-            mem = float(measured_bw)
     return DevicePerf(gpu=gpu, dtype=dtype, peak_tflops=peak, gemm_efficiency=eff, gemm_half_flops=half,
                       attention_efficiency=params.attention_efficiency, memory_gbps=mem,
-                      kernel_overhead_s=params.kernel_overhead_s, bytes_per_el=dtype_bytes(dtype), origin=origin)
+                      kernel_overhead_s=overhead, bytes_per_el=dtype_bytes(dtype), origin=origin)
