@@ -101,7 +101,7 @@ def predict_amp(trials: list[AmpTrial], params: CostParams) -> tuple[np.ndarray,
 # half of the score matrix computed, unfused elementwise kernels. Starting point for fitting.
 AMP_BASE = CostParams(flash_attention=False, causal_factor=1.0, dp_overlap=0.0)
 AMP_FIT = ("gpu_gemm_efficiency:T4", "gpu_gemm_efficiency:V100-SXM2-16GB", "attention_efficiency",
-           "elementwise_factor", "layer_overhead_s", "collective_efficiency", "step_overhead_s")
+           "elementwise_factor", "collective_efficiency", "collective_latency_factor")
 
 # --------------------------------------------------------------------------- Megatron
 

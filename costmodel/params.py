@@ -54,6 +54,9 @@ class CostParams:
     optimizer_bytes_per_param: float = 32.0
     # fixed cost per training step (data loading, logging, launch of the step)
     step_overhead_s: float = 0.0
+    # fixed cost per micro-batch on each pipeline stage (the schedule's own bookkeeping, send/receive
+    # handshakes): what makes many small micro-batches slower than fewer large ones beyond the kernels
+    microbatch_overhead_s: float = 0.0
 
     def replace(self, **changes: Any) -> "CostParams":
         return replace(self, **changes)

@@ -467,6 +467,7 @@ def build_stage_batch(model: ModelSpec, cluster: Cluster, workload: Training, ct
         p2p = np.repeat((2.0 * v * worst)[:, None], p, axis=1)
     compute = per_stage(FWD) + per_stage(BWD) + per_stage(REC)
     tp_mb, ep_mb = per_stage(TPC), per_stage(EPC)
+    p2p = p2p + prm.microbatch_overhead_s  # per micro-batch bookkeeping, counted with the stage-to-stage sends
 
     cp = [_class_params_cached(model, s, seq, ctx) for s in strategies]
     dense_cls = np.array([c[0] for c in cp])  # (G, K)
