@@ -63,7 +63,10 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--only", default="", help="comma-separated labels")
     ap.add_argument("--timeout-s", type=float, default=240.0)
+    ap.add_argument("--model", default=MODEL, help="smoke tests: a tiny catalog model")
+    ap.add_argument("--seq", type=int, default=TRAIN.seq_len)
     args = ap.parse_args()
+    train = cm.Training(global_batch=TRAIN.global_batch, seq_len=args.seq, dtype=TRAIN.dtype)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = gpu_name()
@@ -73,7 +76,7 @@ def main() -> int:
             continue
         cluster = Cluster.parse(f"1x{n}x{name}")
         try:
-            plan = Plan.from_strategy(MODEL, cluster, strategy, TRAIN)
+            plan = Plan.from_strategy(args.model, cluster, strategy, train)
         except Exception as exc:  # noqa: BLE001 - a benchmark reports and goes on
             rows.append((label, "plan failed", str(exc)[:120]))
             continue
@@ -100,7 +103,7 @@ def main() -> int:
         report.write_text(json.dumps(r, indent=2))
         rows.append((label, r["step_time_s"], r.get("predicted_step_time_s"), r.get("mfu"),
                      max(r.get("peak_memory_bytes_per_rank") or [0]) / 1e9, wall))
-    print(f"\n{MODEL} on {name}, global batch {TRAIN.global_batch} x {TRAIN.seq_len}")
+    print(f"\n{args.model} on {name}, global batch {train.global_batch} x {train.seq_len}")
     print(f"{'layout':<18} {'step s':>8} {'pred s':>8} {'meas/pred':>9} {'MFU':>6} {'mem GB':>7} {'wall s':>7}")
     for row in rows:
         if isinstance(row[1], str):

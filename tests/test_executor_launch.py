@@ -58,6 +58,19 @@ def test_launcher_runs_a_plan_and_writes_the_report(tmp_path):
     assert data["shape"]["chunks"] == [[0, 4], [4, 8]]
 
 
+def test_placement_maps_logical_ranks_onto_other_processes_and_training_still_matches(tmp_path):
+    from executor.reference import train_reference
+
+    plan = save_plan(tmp_path, tp=2, pp=2, micro_batch=4, schedule="gpipe", placement=(2, 0, 3, 1))
+    report = tmp_path / "placed.json"
+    proc, _ = launch("--nproc", "4", str(plan), "--steps", "3", "--warmup", "0", "--report", str(report))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads(report.read_text())
+    assert data["process_of_rank"] == [2, 0, 3, 1]  # logical rank r ran on GPU/process placement[r]
+    ref = train_reference(tiny_models()["dense"], batch=8, seq_len=16, steps=3)
+    assert data["losses"] == pytest.approx(ref.losses, rel=1e-5)
+
+
 def test_inference_report_has_time_to_first_token_and_per_token_time(tmp_path):
     plan = save_plan(tmp_path, model="moe", tp=2, ep=2, ep_mode="tp",
                      workload=Inference(prompt_tokens=6, output_tokens=5, batch=2, dtype="fp32"))
@@ -107,17 +120,26 @@ def test_workers_refuse_a_mismatched_plan_before_joining_a_process_group(tmp_pat
     assert "plan refused" in proc.stderr and "4 processes but 2 were launched" in proc.stderr
 
 
+@pytest.fixture(scope="module")
+def earlier_run(tmp_path_factory) -> tuple[Path, bytes]:
+    """A plan and the report of a successful run of it."""
+    root = tmp_path_factory.mktemp("earlier")
+    plan = save_plan(root, dp=2, micro_batch=4)
+    ok, _ = launch("--nproc", "2", str(plan), "--steps", "1", "--warmup", "0", "--report", str(root / "run.json"))
+    assert ok.returncode == 0, ok.stdout[-2000:] + ok.stderr[-2000:]
+    return plan, (root / "run.json").read_bytes()
+
+
 @pytest.mark.parametrize("kind, expect", [
     ("raise", "rank 1 failed (exit code 1): RuntimeError: injected fault on rank 1 at step 1"),
+    ("oom", "OutOfMemoryError: injected out-of-memory on rank 1 at step 1"),
     ("kill", "rank 1 died: killed by SIGKILL"),
     ("hang", "rank "),
 ])
-def test_a_failing_rank_stops_every_rank_and_is_named(tmp_path, kind, expect):
-    plan = save_plan(tmp_path, dp=2, micro_batch=4)
+def test_a_failing_rank_stops_every_rank_and_is_named(tmp_path, earlier_run, kind, expect):
+    plan, before = earlier_run
     report = tmp_path / "run.json"
-    ok, _ = launch("--nproc", "2", str(plan), "--steps", "1", "--warmup", "0", "--report", str(report))
-    assert ok.returncode == 0, ok.stdout[-2000:] + ok.stderr[-2000:]
-    before = report.read_bytes()
+    report.write_bytes(before)
     args = ["--nproc", "2", str(plan), "--steps", "3", "--warmup", "0", "--report", str(report),
             "--inject-fault", f"{kind}:1:1"]
     if kind == "hang":

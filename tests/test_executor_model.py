@@ -188,10 +188,15 @@ def test_model_flops_follow_six_n_t_plus_attention():
     assert 6 * non_embedding * tokens < flops < 6 * non_embedding * tokens * 1.5
 
 
-def test_fault_spec_parsing():
+def test_fault_spec_parsing_and_firing(monkeypatch):
     assert Fault.parse("kill:1:2") == Fault("kill", 1, 2)
     with pytest.raises(UnsupportedPlanError):
         Fault.parse("explode:1:2")
+    monkeypatch.setenv("RANK", "1")
+    Fault.parse("oom:1:2").maybe_fire(1)  # not this step
+    Fault.parse("oom:0:2").maybe_fire(2)  # not this rank
+    with pytest.raises(torch.OutOfMemoryError, match="injected out-of-memory on rank 1"):
+        Fault.parse("oom:1:2").maybe_fire(2)
 
 
 TORCHRUN_TAIL = """
@@ -228,3 +233,14 @@ def test_launcher_names_the_failing_rank_from_torchruns_summary():
     assert "rank 3 failed (exit code 1): RuntimeError" in failures[0].describe()
     killed = parse_failures(TORCHRUN_TAIL.replace("exitcode  : 1 (pid: 12)", "exitcode  : -9 (pid: 12)"))
     assert killed[0].describe() == "rank 3 died: killed by SIGKILL"
+
+
+def test_check_command_line_accepts_and_refuses(tmp_path, capsys):
+    from executor.check import main
+
+    path = plan_for(pp=2, micro_batch=4).save(tmp_path / "plan.json")
+    assert main([str(path), "--world-size", "2", "--dry-run"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["ok"] and len(out["param_bytes_per_rank"]) == 2
+    assert main([str(path), "--world-size", "3"]) == 2
+    assert "needs tp x pp x dp = 1 x 2 x 1 = 2 processes but 3" in capsys.readouterr().err

@@ -88,11 +88,10 @@ def cases_for(world: int) -> list[dict]:
                 strategy = dict(st, ep=ep, ep_mode=mode) if model == "moe" else st
                 if _runs(model, strategy, TRAIN, world):
                     cases.append(_case(model, strategy, TRAIN))
-    if world == 4:  # a non-identity placement: mesh coordinates mapped onto other processes
-        placed = {"tp": 2, "pp": 2, "dp": 1, "micro_batch": 4, "schedule": "gpipe", "placement": [2, 0, 3, 1]}
-        cases.append(dict(_case("dense", placed, TRAIN), id="train-dense-tp2xpp2-placed-2031"))
-        cases.append(dict(_case("moe", {"tp": 1, "pp": 2, "dp": 2, "ep": 2, "placement": [3, 1, 2, 0]}, INFER),
-                          id="infer-moe-pp2xdp2xep2-placed-3120"))
+    if world == 2:  # uneven stage cut points from the plan, plain and interleaved
+        for extra in ({}, {"schedule": "interleaved", "virtual_stages": 2}):
+            st = dict({"pp": 2, "micro_batch": 2, "stages": [0, 3, 8]}, **extra)
+            cases.append(dict(_case("dense", st, TRAIN), id=f"train-dense-pp2-stages038-{st.get('schedule', '1f1b')}"))
     # inference: greedy tokens must match exactly
     for model in ("dense", "moe", "gpt2"):
         for tp, pp, dp in factorizations(world):

@@ -1,0 +1,399 @@
+"""The reference decoder-only transformer, built from a `ModelSpec`.
+
+Model code only: no parallelism here (that is `executor.parallelize`), as in
+torchtitan. Entries of `ModelSpec.layers` become modules of one
+`nn.ModuleDict` keyed by their index ("0" = embedding, ..., last = head), and
+`Transformer.forward` runs whatever entries are present, so a pipeline stage
+deletes the entries it does not own and keeps working.
+
+Styles follow the spec: Llama (RMSNorm, RoPE, grouped-query attention, SwiGLU),
+GPT-2 (LayerNorm, learned positions, GELU, biases, tied embeddings) and MoE
+blocks (top-k router, routed experts, optional shared experts). Tied embeddings
+are materialised as two parameters with the same initial values; training keeps
+them equal by summing their gradients (`executor.parallelize.finalize_grads`),
+which also works when embedding and head sit on different pipeline stages.
+
+Modules read their weights through `local()`: after tensor parallelism some
+weights are DTensors and these modules compute on the local shard (the
+parallel code sets up the collectives around them).
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from costmodel.model import LayerSpec, ModelSpec
+
+from .errors import UnsupportedPlanError
+
+INIT_STD = 0.02
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """The local shard of a DTensor, or the tensor itself."""
+    to_local = getattr(t, "to_local", None)
+    return to_local() if to_local is not None else t
+
+
+def _norm(kind: str, hidden: int, eps: float) -> nn.Module:
+    return nn.RMSNorm(hidden, eps=eps) if kind == "rmsnorm" else nn.LayerNorm(hidden, eps=eps)
+
+
+def _act(name: str):
+    return {"silu": F.silu, "gelu": F.gelu, "relu": F.relu}[name]
+
+
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
+    """Rotary tables (rotate-half convention) for `positions` (1-D): cos, sin of shape (len, head_dim)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
+    freqs = torch.outer(positions.to(torch.float32), inv_freq)
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+@dataclass
+class KVCache:
+    """Keys and values of one attention layer for `max_len` positions (local heads only)."""
+
+    k: torch.Tensor  # (batch, kv_heads, max_len, head_dim)
+    v: torch.Tensor
+
+
+class Embedding(nn.Module):
+    def __init__(self, spec: LayerSpec, position_rows: int):
+        super().__init__()
+        self.tok = nn.Embedding(spec.vocab, spec.hidden)
+        self.learned_positions = spec.position == "learned"
+        if self.learned_positions:
+            self.pos = nn.Embedding(position_rows, spec.hidden)
+
+    def forward(self, tokens: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
+        h = self.tok(tokens)
+        if self.learned_positions:
+            positions = torch.arange(start_pos, start_pos + tokens.shape[1], device=tokens.device)
+            h = h + self.pos(positions)
+        return h
+
+
+class Attention(nn.Module):
+    """Grouped-query attention through `F.scaled_dot_product_attention`.
+
+    Head counts come from the weight shapes at run time, so a tensor-parallel
+    rank that holds heads/tp query heads and kv_heads/tp KV heads runs unchanged.
+    """
+
+    def __init__(self, spec: LayerSpec, rope_theta: float):
+        super().__init__()
+        h, hd = spec.hidden, spec.head_dim
+        self.head_dim = hd
+        self.n_rep = spec.num_heads // spec.num_kv_heads
+        self.wq = nn.Linear(h, spec.num_heads * hd, bias=spec.bias)
+        self.wk = nn.Linear(h, spec.num_kv_heads * hd, bias=spec.bias)
+        self.wv = nn.Linear(h, spec.num_kv_heads * hd, bias=spec.bias)
+        self.wo = nn.Linear(spec.num_heads * hd, h, bias=spec.bias)
+        self.rope = spec.position == "rope"
+        self.rope_theta = rope_theta
+        self.causal = spec.causal
+        self.span = spec.attention_span
+
+    def forward(self, x: torch.Tensor, start_pos: int = 0, cache: KVCache | None = None) -> torch.Tensor:
+        b, s, _ = x.shape
+        q = self.wq(x).view(b, s, -1, self.head_dim).transpose(1, 2)
+        k = self.wk(x).view(b, s, -1, self.head_dim).transpose(1, 2)
+        v = self.wv(x).view(b, s, -1, self.head_dim).transpose(1, 2)
+        if self.rope:
+            cos, sin = rope_cos_sin(torch.arange(start_pos, start_pos + s, device=x.device), self.head_dim,
+                                    self.rope_theta, q.dtype)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            cache.k[:b, :, start_pos:start_pos + s] = k
+            cache.v[:b, :, start_pos:start_pos + s] = v
+            k = cache.k[:b, :, :start_pos + s]
+            v = cache.v[:b, :, :start_pos + s]
+        if self.n_rep > 1:  # explicit repeat keeps every SDPA backend (flash included) available
+            k = k.repeat_interleave(self.n_rep, dim=1)
+            v = v.repeat_interleave(self.n_rep, dim=1)
+        mask, is_causal = self._mask(s, k.shape[2], start_pos, x.device)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+        return self.wo(out.transpose(1, 2).reshape(b, s, -1))
+
+    def _mask(self, q_len: int, kv_len: int, start_pos: int, device: torch.device):
+        if not self.causal and not self.span:
+            return None, False
+        if self.causal and not self.span and start_pos == 0 and q_len == kv_len:
+            return None, True
+        qpos = torch.arange(start_pos, start_pos + q_len, device=device)[:, None]
+        kpos = torch.arange(kv_len, device=device)[None, :]
+        mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=device)
+        if self.causal:
+            mask &= kpos <= qpos
+        if self.span:
+            mask &= (qpos - kpos).abs() < self.span
+        return mask, False
+
+
+class MLP(nn.Module):
+    """Dense feed-forward: SwiGLU-style (w1 gate, w3 up, w2 down) or plain (w1 up, w2 down)."""
+
+    def __init__(self, hidden: int, ffn: int, gated: bool, activation: str, bias: bool):
+        super().__init__()
+        self.act = _act(activation)
+        self.w1 = nn.Linear(hidden, ffn, bias=bias)
+        self.w3 = nn.Linear(hidden, ffn, bias=bias) if gated else None
+        self.w2 = nn.Linear(ffn, hidden, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.w1(x))
+        if self.w3 is not None:
+            h = h * self.w3(x)
+        return self.w2(h)
+
+
+class Experts(nn.Module):
+    """`num_experts` feed-forward experts stored as stacked weights (expert, out, in).
+
+    After expert parallelism a rank holds a slice of the experts (`first_expert`
+    onward) and, with expert tensor parallelism, a slice of each expert's hidden
+    width; the weights are then plain local tensors.
+    """
+
+    def __init__(self, num_experts: int, dim: int, ffn: int, gated: bool, activation: str, bias: bool):
+        super().__init__()
+        self.act = _act(activation)
+        self.gated = gated
+        self.first_expert = 0
+        self.w1 = nn.Parameter(torch.empty(num_experts, ffn, dim))
+        self.w3 = nn.Parameter(torch.empty(num_experts, ffn, dim)) if gated else None
+        self.w2 = nn.Parameter(torch.empty(num_experts, dim, ffn))
+        self.b1 = nn.Parameter(torch.zeros(num_experts, ffn)) if bias else None
+        self.b3 = nn.Parameter(torch.zeros(num_experts, ffn)) if bias and gated else None
+        self.b2 = nn.Parameter(torch.zeros(num_experts, dim)) if bias else None
+
+    @property
+    def num_local(self) -> int:
+        return self.w1.shape[0]
+
+    def forward(self, x: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        """`x` holds tokens grouped by local expert, `counts[e]` rows for local expert e."""
+        outs = []
+        for e, rows in enumerate(torch.split(x, counts)):
+            h = F.linear(rows, self.w1[e], None if self.b1 is None else self.b1[e])
+            h = self.act(h)
+            if self.w3 is not None:
+                h = h * F.linear(rows, self.w3[e], None if self.b3 is None else self.b3[e])
+            outs.append(F.linear(h, self.w2[e], None if self.b2 is None else self.b2[e]))
+        return torch.cat(outs) if outs else x.new_zeros(0, self.w2.shape[1])
+
+
+class Router(nn.Module):
+    """Top-k router (Mixtral style: softmax over the k best logits)."""
+
+    def __init__(self, hidden: int, num_experts: int, top_k: int):
+        super().__init__()
+        self.gate = nn.Linear(hidden, num_experts, bias=False)
+        self.top_k = top_k
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = F.linear(x, local(self.gate.weight))
+        top_logits, top_idx = torch.topk(logits.float(), self.top_k, dim=-1)
+        return torch.softmax(top_logits, dim=-1).to(x.dtype), top_idx
+
+
+class MoE(nn.Module):
+    """Routed experts (+ shared experts). Dispatch and combine go through
+    `self.dispatcher`, which expert parallelism replaces; the default runs every
+    expert locally."""
+
+    def __init__(self, spec: LayerSpec):
+        super().__init__()
+        h, d = spec.hidden, spec.dispatch_dim
+        self.num_experts = spec.num_experts
+        self.router = Router(h, spec.num_experts, spec.top_k)
+        self.down = nn.Linear(h, d, bias=False) if d != h else None
+        self.up = nn.Linear(d, h, bias=False) if d != h else None
+        self.experts = Experts(spec.num_experts, d, spec.expert_ffn_hidden, spec.gated_mlp, spec.activation, spec.bias)
+        self.shared = (MLP(h, spec.shared_experts * spec.shared_ffn_hidden, spec.gated_mlp, spec.activation, spec.bias)
+                       if spec.shared_experts else None)
+        self.dispatcher = LocalDispatch()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, s, h = x.shape
+        flat = x.reshape(-1, h)
+        weights, idx = self.router(flat)
+        xin = flat if self.down is None else F.linear(flat, local(self.down.weight))
+        y = self.dispatcher(xin, weights, idx, self.experts, self.num_experts)
+        if self.up is not None:
+            y = F.linear(y, local(self.up.weight))
+        out = y.view(b, s, h)
+        if self.shared is not None:
+            out = out + self.shared(x)
+        return out
+
+
+class LocalDispatch:
+    """Every expert on this rank: group token copies by expert, run, weight, sum."""
+
+    def __call__(self, x: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor, experts: Experts,
+                 num_experts: int) -> torch.Tensor:
+        n, k = idx.shape
+        flat_idx = idx.reshape(-1)
+        order = torch.argsort(flat_idx, stable=True)
+        counts = torch.bincount(flat_idx, minlength=num_experts).tolist()
+        out_sorted = experts(x[order // k], counts)
+        return combine(out_sorted, order, weights, n, x.shape[-1])
+
+
+def combine(out_sorted: torch.Tensor, order: torch.Tensor, weights: torch.Tensor, n: int, dim: int) -> torch.Tensor:
+    """Undo the sort of token copies, weight each by its router weight and sum the k copies per token."""
+    k = weights.shape[1]
+    unsorted = torch.empty_like(out_sorted)
+    unsorted[order] = out_sorted
+    return (unsorted.view(n, k, dim) * weights.unsqueeze(-1)).sum(dim=1)
+
+
+class Block(nn.Module):
+    def __init__(self, spec: LayerSpec, rope_theta: float, eps: float):
+        super().__init__()
+        self.attn_norm = _norm(spec.norm, spec.hidden, eps)
+        self.attn = Attention(spec, rope_theta)
+        self.ffn_norm = _norm(spec.norm, spec.hidden, eps)
+        self.ffn = MoE(spec) if spec.is_moe else MLP(spec.hidden, spec.ffn_hidden, spec.gated_mlp, spec.activation,
+                                                      spec.bias)
+
+    def forward(self, x: torch.Tensor, start_pos: int = 0, cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), start_pos=start_pos, cache=cache)
+        return x + self.ffn(self.ffn_norm(x))
+
+
+class Head(nn.Module):
+    def __init__(self, spec: LayerSpec, eps: float):
+        super().__init__()
+        self.norm = _norm(spec.norm, spec.hidden, eps)
+        self.proj = nn.Linear(spec.hidden, spec.vocab, bias=False)
+        self.tied = spec.tied
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.norm(x))
+
+
+class Transformer(nn.Module):
+    """Entries of `spec.layers` in an `nn.ModuleDict` keyed by index; runs the entries present."""
+
+    def __init__(self, spec: ModelSpec, max_positions: int | None = None):
+        super().__init__()
+        check_supported(spec)
+        self.spec = spec
+        rows = max_positions or spec.seq_len
+        mods: dict[str, nn.Module] = {}
+        for i, lay in enumerate(spec.layers):
+            if lay.kind == "embedding":
+                mods[str(i)] = Embedding(lay, lay.seq_len or rows)
+            elif lay.kind == "transformer":
+                mods[str(i)] = Block(lay, spec.rope_theta, spec.norm_eps)
+            else:
+                mods[str(i)] = Head(lay, spec.norm_eps)
+        self.layers = nn.ModuleDict(mods)
+
+    def forward(self, x: torch.Tensor, start_pos: int = 0, caches: dict[str, KVCache] | None = None) -> torch.Tensor:
+        for key, layer in self.layers.items():
+            kind = self.spec.layers[int(key)].kind
+            if kind == "transformer":
+                x = layer(x, start_pos=start_pos, cache=None if caches is None else caches.get(key))
+            elif kind == "embedding":
+                x = layer(x, start_pos=start_pos)
+            else:
+                x = layer(x)
+        return x
+
+    def new_caches(self, batch: int, max_len: int, dtype: torch.dtype, device: torch.device) -> dict[str, KVCache]:
+        """Empty KV caches for the blocks present, sized from the (possibly sharded) weights."""
+        caches = {}
+        for key, layer in self.layers.items():
+            layer = getattr(layer, "_checkpoint_wrapped_module", layer)
+            if isinstance(layer, Block):
+                kv_local = local(layer.attn.wk.weight).shape[0]
+                hd = layer.attn.head_dim
+                shape = (batch, kv_local // hd, max_len, hd)
+                caches[key] = KVCache(torch.zeros(shape, dtype=dtype, device=device),
+                                      torch.zeros(shape, dtype=dtype, device=device))
+        return caches
+
+
+def check_supported(spec: ModelSpec) -> None:
+    """Refuse model features the reference transformer does not build."""
+    kinds = [lay.kind for lay in spec.layers]
+    if kinds.count("embedding") != 1 or kinds[0] != "embedding" or kinds.count("head") != 1 or kinds[-1] != "head":
+        raise UnsupportedPlanError(
+            f"model {spec.name!r}: the executor runs decoder-only models laid out as embedding, blocks, head; "
+            f"got layer kinds {kinds}")
+    hidden = {lay.hidden for lay in spec.layers}
+    if len(hidden) != 1:
+        raise UnsupportedPlanError(f"model {spec.name!r}: layers of different widths {sorted(hidden)} are not "
+                                   f"supported by the reference transformer; use one hidden size")
+    for lay in spec.blocks:
+        if lay.seq_len and lay.seq_len != spec.seq_len:
+            raise UnsupportedPlanError(
+                f"model {spec.name!r}: block {lay.name!r} has its own seq_len {lay.seq_len}; the reference "
+                f"transformer runs one sequence length through every block")
+        if lay.head_dim % 2 and lay.position == "rope":
+            raise UnsupportedPlanError(f"model {spec.name!r}: RoPE needs an even head_dim, got {lay.head_dim}")
+
+
+def init_weights(model: Transformer, seed: int) -> None:
+    """Deterministic initialisation by parameter name: N(0, 0.02) for matrices and
+    embeddings (output projections scaled by 1/sqrt(2 x blocks), as GPT-2 does),
+    ones for norm weights, zeros for biases. The same seed gives the same values
+    whatever device or layout, since each tensor draws from its own CPU generator.
+    Tied heads copy the embedding."""
+    n_blocks = max(model.spec.num_layers, 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            values = _init_values(name, tuple(p.shape), seed, n_blocks)
+            p.copy_(values.to(device=p.device, dtype=p.dtype))
+        emb_key = "0"
+        head_key = str(len(model.spec.layers) - 1)
+        if head_key in model.layers and model.layers[head_key].tied:
+            emb_name = f"layers.{emb_key}.tok.weight"
+            model.layers[head_key].proj.weight.copy_(_init_values(emb_name, tuple(model.layers[head_key].proj.weight.shape),
+                                                                   seed, n_blocks))
+
+
+def _init_values(name: str, shape: tuple[int, ...], seed: int, n_blocks: int) -> torch.Tensor:
+    leaf = name.rsplit(".", 1)[-1]
+    if "norm" in name and leaf == "weight":
+        return torch.ones(shape)
+    if leaf in ("bias", "b1", "b2", "b3"):
+        return torch.zeros(shape)
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+    std = INIT_STD
+    if name.endswith(("wo.weight", "w2.weight")) or leaf == "w2":
+        std = INIT_STD / math.sqrt(2 * n_blocks)
+    return torch.randn(shape, generator=gen) * std
+
+
+def build_model(spec: ModelSpec, *, seed: int = 0, device: str | torch.device = "cpu",
+                max_positions: int | None = None) -> Transformer:
+    """The full model with deterministic weights (use device='meta' for shapes only)."""
+    device = torch.device(device)
+    if device.type == "meta":
+        with torch.device("meta"):
+            return Transformer(spec, max_positions)
+    model = Transformer(spec, max_positions).to(device)
+    init_weights(model, seed)
+    return model
+
+
+def param_count(module: nn.Module) -> int:
+    return sum(local(p).numel() for p in module.parameters())
