@@ -15,11 +15,8 @@ Sets:
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
@@ -27,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent))
 
 import costmodel as cm  # noqa: E402
 from hardware_profiles import Cluster  # noqa: E402
+from executor.loop import run_local  # noqa: E402
 from planner.plan import Plan  # noqa: E402
 
 MODEL = "llama-1.5b"
@@ -80,29 +78,13 @@ def main() -> int:
         except Exception as exc:  # noqa: BLE001 - a benchmark reports and goes on
             rows.append((label, "plan failed", str(exc)[:120]))
             continue
-        plan_path = plan.save(out / f"plan_{label}.json")
-        report = out / f"run_{label}.json"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}", "-m",
-               "executor", str(plan_path), "--steps", str(args.steps), "--warmup", str(args.warmup),
-               "--report", str(report)]
-        t0 = time.perf_counter()
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout_s,
-                                  env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
-            (out / f"log_{label}.txt").write_text(proc.stdout[-20000:] + "\n--- stderr ---\n" + proc.stderr[-20000:])
-            ok = proc.returncode == 0 and report.exists()
-        except subprocess.TimeoutExpired:
-            ok = False
-        wall = time.perf_counter() - t0
-        if not ok:
-            rows.append((label, "run failed", f"see log_{label}.txt ({wall:.0f} s)"))
+        run = run_local(plan, out, label, steps=args.steps, warmup=args.warmup, timeout_s=args.timeout_s)
+        if run.report is None:
+            rows.append((label, "run failed", f"see log_{label}.txt ({run.wall_s:.0f} s)"))
             continue
-        r = json.loads(report.read_text())
-        r["label"] = label
-        r["plan_data"] = plan.to_dict()
-        report.write_text(json.dumps(r, indent=2))
+        r = run.report
         rows.append((label, r["step_time_s"], r.get("predicted_step_time_s"), r.get("mfu"),
-                     max(r.get("peak_memory_bytes_per_rank") or [0]) / 1e9, wall))
+                     max(r.get("peak_memory_bytes_per_rank") or [0]) / 1e9, run.wall_s))
     print(f"\n{args.model} on {name}, global batch {train.global_batch} x {train.seq_len}")
     print(f"{'layout':<18} {'step s':>8} {'pred s':>8} {'meas/pred':>9} {'MFU':>6} {'mem GB':>7} {'wall s':>7}")
     for row in rows:

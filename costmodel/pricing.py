@@ -25,6 +25,7 @@ class StageEstimate:
     memory_bytes: float
     memory_capacity_bytes: float
     memory: Mapping[str, float]
+    forward_s: float = 0.0  # forward compute per micro-batch (training); the rest of compute_s is backward
 
     @property
     def fits(self) -> bool:

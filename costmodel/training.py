@@ -817,7 +817,8 @@ def to_estimate(model: ModelSpec, cluster: Cluster, workload: Training, batch: S
     stages = tuple(
         StageEstimate(index=j, first_layer=min(members[j]), end_layer=max(members[j]) + 1, gpu=links[j].gpu.name,
                       time_s=float(batch.stage_t[g, j]), compute_s=float(batch.compute_mb[g, j]),
-                      memory_bytes=float(stage_mem[j]), memory_capacity_bytes=float(caps[j]), memory=terms[j])
+                      memory_bytes=float(stage_mem[j]), memory_capacity_bytes=float(caps[j]), memory=terms[j],
+                      forward_s=float(batch.compute_mb[g, j] - batch.bwd_mb[g, j] - batch.rec_mb[g, j]))
         for j in range(p))
     return Estimate(
         kind="training", strategy=final, time_s=step, tokens_per_s=workload.global_batch * seq / step,

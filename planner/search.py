@@ -285,6 +285,9 @@ class PlanResult:
     objective: str
     search_time_s: float
     constraints: Constraints = field(default_factory=Constraints)
+    cluster: Cluster | None = None
+    params: CostParams | None = None  # the cost constants the search used
+    profiles: Any = None  # the measured profiles it used
 
     def explain(self) -> str:
         from .report import explain
@@ -421,7 +424,8 @@ def plan(model: ModelSpec | str, cluster: Cluster | str, workload: Training | In
     runner = _finalize(others.iloc[0], model, cluster, workload, ctx, cache, objective) if len(others) else None
     df = df.drop(columns=[c for c in ("_key", "_bid", "_g", "_v") if c in df])
     return PlanResult(best=best, candidates=df, runner_up=runner, objective=objective,
-                      search_time_s=time.perf_counter() - t0, constraints=constraints)
+                      search_time_s=time.perf_counter() - t0, constraints=constraints, cluster=cluster,
+                      params=ctx.params, profiles=ctx.profiles)
 
 
 def _refine_memory(df: pd.DataFrame, model: ModelSpec, cluster: Cluster, workload: Training, ctx: CostContext,
