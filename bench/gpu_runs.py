@@ -63,6 +63,8 @@ def main() -> int:
     ap.add_argument("--timeout-s", type=float, default=240.0)
     ap.add_argument("--model", default=MODEL, help="smoke tests: a tiny catalog model")
     ap.add_argument("--seq", type=int, default=TRAIN.seq_len)
+    ap.add_argument("--compile", action="store_true", help="pass --compile to the executor (torch.compile per block)")
+    ap.add_argument("--tag", default="", help="suffix for labels (e.g. _compiled)")
     args = ap.parse_args()
     train = cm.Training(global_batch=TRAIN.global_batch, seq_len=args.seq, dtype=TRAIN.dtype)
     out = Path(args.out)
@@ -78,7 +80,9 @@ def main() -> int:
         except Exception as exc:  # noqa: BLE001 - a benchmark reports and goes on
             rows.append((label, "plan failed", str(exc)[:120]))
             continue
-        run = run_local(plan, out, label, steps=args.steps, warmup=args.warmup, timeout_s=args.timeout_s)
+        label = label + args.tag
+        run = run_local(plan, out, label, steps=args.steps, warmup=args.warmup, timeout_s=args.timeout_s,
+                        extra_args=("--compile",) if args.compile else ())
         if run.report is None:
             rows.append((label, "run failed", f"see log_{label}.txt ({run.wall_s:.0f} s)"))
             continue
