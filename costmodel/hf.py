@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .errors import ModelConfigError
-from .model import LayerSpec, ModelSpec
+from .model import MAX_DIM, MAX_LAYERS, LayerSpec, ModelSpec
 
 _MISSING = object()
 
@@ -54,7 +54,7 @@ class _Config:
                              f"(see {_REQUIRED_HINT.get(self.model_type, 'the family defaults')})")
         return keys[0], default
 
-    def get_int(self, *keys: str, default: Any = _MISSING, minimum: int = 1) -> int:
+    def get_int(self, *keys: str, default: Any = _MISSING, minimum: int = 1, maximum: int = MAX_DIM) -> int:
         key, v = self._raw(keys, default)
         if isinstance(v, bool) or not isinstance(v, int):
             if isinstance(v, float) and v.is_integer():
@@ -63,6 +63,8 @@ class _Config:
                 raise self._fail(f"key {key!r} must be an integer, got {v!r} ({type(v).__name__})")
         if v < minimum:
             raise self._fail(f"key {key!r} must be >= {minimum}, got {v}")
+        if v > maximum:  # checked here, before a layer list of that length is built
+            raise self._fail(f"key {key!r} is {v:,}; parplan supports at most {maximum:,}")
         return v
 
     def get_float(self, *keys: str, default: Any = _MISSING) -> float:
@@ -154,7 +156,8 @@ def _attention(c: _Config, hidden_key: tuple[str, ...] = ("hidden_size",),
 def _llama_like(c: _Config, *, qkv_bias_default: bool, max_pos_default: int, theta_default: float) -> dict[str, Any]:
     hidden, heads, kv, head_dim = _attention(c)
     bias = c.get_bool("attention_bias", "qkv_bias", default=qkv_bias_default) or c.get_bool("mlp_bias", default=False)
-    return dict(num_layers=c.get_int("num_hidden_layers"), hidden=hidden, num_heads=heads, num_kv_heads=kv,
+    return dict(num_layers=c.get_int("num_hidden_layers", maximum=MAX_LAYERS), hidden=hidden, num_heads=heads,
+                num_kv_heads=kv,
                 head_dim=head_dim, vocab=c.get_int("vocab_size"),
                 seq_len=c.get_int("max_position_embeddings", default=max_pos_default),
                 tie=c.get_bool("tie_word_embeddings", default=False), norm="rmsnorm",
@@ -218,7 +221,8 @@ def _qwen2_moe(c: _Config) -> _Shape:
 def _gpt2(c: _Config) -> _Shape:
     hidden, heads, kv, head_dim = _attention(c, ("n_embd", "hidden_size"), ("n_head", "num_attention_heads"))
     positions = c.get_int("n_positions", "max_position_embeddings", default=1024)
-    return _Shape(num_layers=c.get_int("n_layer", "num_hidden_layers"), hidden=hidden, num_heads=heads, num_kv_heads=kv,
+    return _Shape(num_layers=c.get_int("n_layer", "num_hidden_layers", maximum=MAX_LAYERS), hidden=hidden,
+                  num_heads=heads, num_kv_heads=kv,
                   head_dim=head_dim, vocab=c.get_int("vocab_size"), seq_len=positions,
                   tie=c.get_bool("tie_word_embeddings", default=True), norm="layernorm",
                   activation=c.activation("activation_function", default="gelu_new"), gated=False, bias=True,
@@ -230,7 +234,8 @@ def _gpt_neox(c: _Config) -> _Shape:
     hidden, heads, kv, head_dim = _attention(c)
     pct = c.get_float("rotary_pct", default=1.0)
     note = f"; rotary on {pct:.0%} of each head" if pct < 1 else ""
-    return _Shape(num_layers=c.get_int("num_hidden_layers"), hidden=hidden, num_heads=heads, num_kv_heads=kv,
+    return _Shape(num_layers=c.get_int("num_hidden_layers", maximum=MAX_LAYERS), hidden=hidden, num_heads=heads,
+                  num_kv_heads=kv,
                   head_dim=head_dim, vocab=c.get_int("vocab_size"),
                   seq_len=c.get_int("max_position_embeddings", default=2048),
                   tie=c.get_bool("tie_word_embeddings", default=False), norm="layernorm",
@@ -247,7 +252,7 @@ def _deepseek_v3(c: _Config) -> _Shape:
     v_head_dim = c.get_int("v_head_dim")
     kv_cache = c.get_int("kv_lora_rank") + c.get_int("qk_rope_head_dim")
     kv = next(k for k in range(max(1, heads // 8), 0, -1) if heads % k == 0)
-    layers = c.get_int("num_hidden_layers")
+    layers = c.get_int("num_hidden_layers", maximum=MAX_LAYERS)
     experts = c.get_int("n_routed_experts", default=0, minimum=0)
     first_dense = c.get_int("first_k_dense_replace", default=0, minimum=0)
     freq = c.get_int("moe_layer_freq", default=1)
@@ -320,6 +325,8 @@ def _load(config: str | os.PathLike | Mapping[str, Any]) -> tuple[Mapping[str, A
     except json.JSONDecodeError as exc:
         raise ModelConfigError(f"{source} is not JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
                                f"expected a Hugging Face config.json") from None
+    except RecursionError:
+        raise ModelConfigError(f"{source} nests JSON too deeply to be a Hugging Face config.json") from None
     if not isinstance(data, dict):
         raise ModelConfigError(f"{source} holds a JSON {type(data).__name__}, expected an object of config keys")
     return data, source
@@ -328,12 +335,13 @@ def _load(config: str | os.PathLike | Mapping[str, Any]) -> tuple[Mapping[str, A
 def _model_type(data: Mapping[str, Any], source: str) -> str:
     model_type = data.get("model_type")
     if model_type is None:
-        archs = data.get("architectures") or []
+        archs = data.get("architectures")
+        archs = archs if isinstance(archs, (list, tuple)) else []
         found = [_ARCHITECTURES[a] for a in archs if isinstance(a, str) and a in _ARCHITECTURES]
         if found:
             return found[0]
         raise ModelConfigError(f"{source} has no 'model_type'; add one of {', '.join(SUPPORTED_MODEL_TYPES)}")
-    if model_type not in _FAMILIES:
+    if not isinstance(model_type, str) or model_type not in _FAMILIES:
         raise ModelConfigError(
             f"{source}: model_type {model_type!r} is not supported; supported are {', '.join(SUPPORTED_MODEL_TYPES)} "
             f"(for another decoder-only model, build it with ModelSpec.decoder(...))")

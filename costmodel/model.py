@@ -15,6 +15,12 @@ from typing import Any, Mapping
 from .errors import ModelConfigError
 
 LAYER_KINDS = ("embedding", "transformer", "head")
+POSITIONS = ("rope", "learned", "none")
+# Sanity limits, far beyond any model built so far; they turn a typo or a corrupt config into an error that
+# says so, instead of a billion-entry layer list or costs that overflow to inf/nan.
+MAX_DIM = 2**24  # any width, head count, expert count, vocabulary or sequence length
+MAX_LAYERS = 100_000  # transformer blocks
+_FLAGS = ("gated_mlp", "causal", "bias", "tied")
 
 
 @dataclass(frozen=True)
@@ -60,14 +66,31 @@ class LayerSpec:
     def __post_init__(self) -> None:
         if self.kind not in LAYER_KINDS:
             raise ModelConfigError(f"layer kind {self.kind!r} is not one of {', '.join(LAYER_KINDS)}")
-        if not isinstance(self.hidden, int) or self.hidden < 1:
-            raise ModelConfigError(f"layer {self.name or self.kind}: hidden must be a positive integer, got {self.hidden!r}")
+        if not isinstance(self.name, str):
+            raise ModelConfigError(f"layer name must be a string, got {self.name!r}")
+        if not isinstance(self.hidden, int) or isinstance(self.hidden, bool) or not 1 <= self.hidden <= MAX_DIM:
+            raise ModelConfigError(f"layer {self.name or self.kind}: hidden must be an integer in 1..{MAX_DIM:,}, "
+                                   f"got {self.hidden!r}")
         for f in ("vocab", "num_heads", "num_kv_heads", "head_dim", "ffn_hidden", "num_experts", "top_k",
                   "expert_ffn_hidden", "shared_experts", "shared_ffn_hidden", "moe_dispatch_dim", "kv_cache_dim",
                   "seq_len", "attention_span"):
             v = getattr(self, f)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise ModelConfigError(f"layer {self.name or self.kind}: {f} must be a non-negative integer, got {v!r}")
+            if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= MAX_DIM:
+                raise ModelConfigError(f"layer {self.name or self.kind}: {f} must be an integer in 0..{MAX_DIM:,}, "
+                                       f"got {v!r}")
+        for f in _FLAGS:
+            v = getattr(self, f)
+            if not isinstance(v, bool):
+                if type(v).__name__ != "bool_":  # numpy's bool
+                    raise ModelConfigError(f"layer {self.name or self.kind}: {f} must be true or false, got {v!r}")
+                object.__setattr__(self, f, bool(v))
+        if self.position not in POSITIONS:
+            raise ModelConfigError(f"layer {self.name or self.kind}: position must be one of {', '.join(POSITIONS)}, "
+                                   f"got {self.position!r}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
+                or not 0.0 <= self.dropout < 1.0:
+            raise ModelConfigError(f"layer {self.name or self.kind}: dropout must be a number in [0, 1), "
+                                   f"got {self.dropout!r}")
         if self.kind in ("embedding", "head") and self.vocab < 1:
             raise ModelConfigError(f"{self.kind} layer needs vocab >= 1")
         if self.kind == "transformer":
@@ -96,8 +119,6 @@ class LayerSpec:
                 raise ModelConfigError(f"dense transformer layer {self.name!r} needs ffn_hidden >= 1")
             if self.norm not in ("rmsnorm", "layernorm"):
                 raise ModelConfigError(f"norm must be 'rmsnorm' or 'layernorm', got {self.norm!r}")
-            if not 0.0 <= self.dropout < 1.0:
-                raise ModelConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
             if self.activation not in ("silu", "gelu", "relu"):
                 raise ModelConfigError(f"activation must be 'silu', 'gelu' or 'relu', got {self.activation!r}")
 
@@ -116,6 +137,8 @@ class LayerSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "LayerSpec":
+        if not isinstance(data, Mapping):
+            raise ModelConfigError(f"a layer is a mapping like {{kind: transformer, hidden: 4096, ...}}, got {data!r}")
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -140,14 +163,20 @@ class ModelSpec:
     norm_eps: float = 1e-5
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str):
+            raise ModelConfigError(f"a model name must be a string, got {self.name!r}")
         layers = tuple(self.layers)
         if not layers:
             raise ModelConfigError(f"model {self.name!r} has no layers")
+        if len(layers) > MAX_LAYERS + 2:
+            raise ModelConfigError(f"model {self.name!r} has {len(layers):,} layer entries; at most {MAX_LAYERS:,} "
+                                   f"transformer blocks (plus embedding and head) are supported")
         for lay in layers:
             if not isinstance(lay, LayerSpec):
                 raise ModelConfigError(f"model {self.name!r}: layers must be LayerSpec objects, got {type(lay).__name__}")
-        if not isinstance(self.seq_len, int) or self.seq_len < 1:
-            raise ModelConfigError(f"model {self.name!r}: seq_len must be a positive integer, got {self.seq_len!r}")
+        if not isinstance(self.seq_len, int) or isinstance(self.seq_len, bool) or not 1 <= self.seq_len <= MAX_DIM:
+            raise ModelConfigError(f"model {self.name!r}: seq_len must be an integer in 1..{MAX_DIM:,}, "
+                                   f"got {self.seq_len!r}")
         object.__setattr__(self, "layers", layers)
 
     # -- constructors ---------------------------------------------------
@@ -166,8 +195,9 @@ class ModelSpec:
         (i - first_dense_layers) % moe_layer_interval == 0; other blocks are dense
         with `ffn_hidden`.
         """
-        if num_layers < 1:
-            raise ModelConfigError(f"model {name!r}: num_layers must be >= 1")
+        if not isinstance(num_layers, int) or isinstance(num_layers, bool) or not 1 <= num_layers <= MAX_LAYERS:
+            raise ModelConfigError(f"model {name!r}: num_layers must be an integer in 1..{MAX_LAYERS:,}, "
+                                   f"got {num_layers!r}")
         common = dict(hidden=hidden, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
                       gated_mlp=gated_mlp, norm=norm, activation=activation, bias=bias, position=position,
                       kv_cache_dim=kv_cache_dim, dropout=dropout)
@@ -306,12 +336,19 @@ class ModelSpec:
     def from_dict(cls, data: Mapping[str, Any]) -> "ModelSpec":
         if not isinstance(data, Mapping) or "layers" not in data:
             raise ModelConfigError("a model dict needs 'name', 'seq_len' and 'layers'")
+        raw_layers = data["layers"]
+        if not isinstance(raw_layers, (list, tuple)):
+            raise ModelConfigError(f"a model dict's 'layers' is a list of layer mappings, got "
+                                   f"{type(raw_layers).__name__}")
+        if len(raw_layers) > MAX_LAYERS + 2:
+            raise ModelConfigError(f"a model dict lists {len(raw_layers):,} layers; at most {MAX_LAYERS:,} "
+                                   f"transformer blocks (plus embedding and head) are supported")
         try:
-            layers = tuple(LayerSpec.from_dict(d) for d in data["layers"])
-            return cls(name=data.get("name", "custom"), layers=layers, seq_len=int(data["seq_len"]),
+            layers = tuple(LayerSpec.from_dict(d) for d in raw_layers)
+            return cls(name=data.get("name", "custom"), layers=layers, seq_len=data["seq_len"],
                        family=data.get("family", "custom"), description=data.get("description", ""),
                        rope_theta=float(data.get("rope_theta", 10000.0)), norm_eps=float(data.get("norm_eps", 1e-5)))
-        except (TypeError, KeyError, ValueError) as exc:
+        except (TypeError, KeyError, ValueError, OverflowError) as exc:
             if isinstance(exc, ModelConfigError):
                 raise
             raise ModelConfigError(f"malformed model dict: {exc}") from None

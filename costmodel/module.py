@@ -77,6 +77,21 @@ class ModuleProfile:
     def flops_fwd_per_token(self) -> list[float]:
         return [lay.flops_fwd / self.tokens for lay in self.layers]
 
+    def to_layer_times(self, gpu: str, *, samples: int, tp: int = 1) -> "LayerTimes":
+        """The measured per-layer forward times as `LayerTimes` for estimate(..., layer_times=[...]).
+
+        `samples` is the batch size of the sample input (the times are divided by it: per sample)."""
+        from hardware_profiles.catalog import get_gpu
+        from hardware_profiles.errors import ProfileError
+
+        from .layertimes import LayerTimes
+
+        if any(lay.time_fwd_s is None for lay in self.layers):
+            raise ProfileError("no measured times: call from_module(..., measure_time=True)")
+        return LayerTimes(model=self.spec.name, gpu=get_gpu(gpu).name, tp=tp,
+                          forward_s_per_sample=tuple(lay.time_fwd_s / samples for lay in self.layers),
+                          includes_tp_comm=tp == 1, source=f"measured on {self.device}")
+
     def to_dict(self) -> dict[str, Any]:
         return {"spec": self.spec.to_dict(), "tokens": self.tokens, "device": self.device,
                 "total_params": self.total_params, "flops_fwd": self.flops_fwd, "time_fwd_s": self.time_fwd_s,

@@ -95,12 +95,14 @@ ADDITIVE_TERMS = ("compute_s", "tp_comm_s", "ep_comm_s", "pp_comm_s", "bubble_s"
 
 
 def estimate(model: ModelSpec | str, cluster: Cluster | str, strategy: Strategy, workload: Training | Inference,
-             *, params: CostParams | None = None, profiles: Any = "auto") -> Estimate:
+             *, params: CostParams | None = None, profiles: Any = "auto", layer_times: Any = ()) -> Estimate:
     """Price one strategy. `model` and `cluster` may be names ("llama3-70b", "4x8xH100").
 
     `params`: cost-model constants (default: calibrated ones for the hardware if saved, else built-in).
     `profiles`: "auto" to use committed/measured hardware profiles, None for datasheet figures only, or a
     mapping from GPU name to a measured profile.
+    `layer_times`: measured per-layer times (`costmodel.layertimes.LayerTimes`) that replace the formula for
+    the layers' compute where they match the model, GPU and tensor-parallel degree.
     """
     from .catalog import resolve_model
     from .errors import InvalidStrategyError
@@ -119,7 +121,7 @@ def estimate(model: ModelSpec | str, cluster: Cluster | str, strategy: Strategy,
         raise WorkloadError(f"workload must be costmodel.Training(...) or costmodel.Inference(...), "
                             f"got {workload!r}")
     check_strategy(model, cluster, strategy, workload)
-    ctx = CostContext.make(cluster, workload.dtype, params, profiles)
+    ctx = CostContext.make(cluster, workload.dtype, params, profiles, layer_times)
     if isinstance(workload, Training):
         return estimate_training(model, cluster, strategy, workload, ctx)
     if isinstance(workload, Inference):
@@ -135,10 +137,12 @@ class CostContext:
 
     params: CostParams
     profiles: Mapping[str, Any]
+    layer_times: tuple = ()  # measured per-layer times (costmodel.layertimes.LayerTimes), preferred to formulas
     memo: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @classmethod
-    def make(cls, cluster: Cluster, dtype: str, params: CostParams | None, profiles: Any) -> "CostContext":
+    def make(cls, cluster: Cluster, dtype: str, params: CostParams | None, profiles: Any,
+             layer_times: Any = ()) -> "CostContext":
         from .calibrated import params_for_cluster, profiles_for_cluster
 
         if profiles == "auto":
@@ -149,7 +153,7 @@ class CostContext:
             prof = dict(profiles)
         if params is None:
             params = params_for_cluster(cluster)
-        return cls(params=params, profiles=prof)
+        return cls(params=params, profiles=prof, layer_times=tuple(layer_times or ()))
 
     def device(self, gpu: Any, dtype: str) -> Any:
         key = ("device", gpu.name, dtype)

@@ -19,8 +19,10 @@ balance them.
 """
 from __future__ import annotations
 
+import numbers
+import reprlib
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from .errors import InvalidStrategyError
 
@@ -57,8 +59,14 @@ class Strategy:
         if self.recompute not in RECOMPUTE:
             raise InvalidStrategyError(f"recompute must be one of {', '.join(RECOMPUTE)}, got {self.recompute!r}",
                                        rule="recompute")
-        if self.zero not in (0, 1, 2, 3):
+        if not isinstance(self.zero, numbers.Integral) or isinstance(self.zero, bool) or self.zero not in (0, 1, 2, 3):
             raise InvalidStrategyError(f"zero must be 0, 1, 2 or 3, got {self.zero!r}", rule="zero")
+        object.__setattr__(self, "zero", int(self.zero))
+        if not isinstance(self.sequence_parallel, bool):
+            if type(self.sequence_parallel).__name__ != "bool_":  # numpy's bool, from a candidates table
+                raise InvalidStrategyError(
+                    f"sequence_parallel must be True or False, got {self.sequence_parallel!r}", rule="format")
+            object.__setattr__(self, "sequence_parallel", bool(self.sequence_parallel))
         if self.ep_mode not in EP_MODES:
             raise InvalidStrategyError(f"ep_mode must be 'dp' or 'tp', got {self.ep_mode!r}", rule="ep_mode")
         if self.schedule == "interleaved":
@@ -81,7 +89,7 @@ class Strategy:
                 f"ep={self.ep} must divide tp={self.tp} when experts are split inside the tensor-parallel "
                 f"group (ep_mode='tp', moe_tp = tp / ep)", rule="ep|tp")
         if self.stages is not None:
-            st = tuple(int(s) for s in self.stages)
+            st = _whole_numbers("stages", self.stages, "stage cut points such as [0, 40, 82]")
             object.__setattr__(self, "stages", st)
             if len(st) != self.pp + 1:
                 raise InvalidStrategyError(
@@ -90,8 +98,8 @@ class Strategy:
                 raise InvalidStrategyError(
                     f"stage cut points must start at 0 and increase strictly, got {list(st)}", rule="stages")
         if self.placement is not None and not (isinstance(self.placement, tuple)
-                                               and self.placement in _VALID_PLACEMENTS):
-            placement = tuple(int(p) for p in self.placement)
+                                               and _checked_placement(self.placement)):
+            placement = _whole_numbers("placement", self.placement, "a permutation of the GPU indices 0..N-1")
             if sorted(placement) != list(range(len(placement))):
                 raise InvalidStrategyError("placement must be a permutation of the GPU indices 0..N-1",
                                            rule="placement")
@@ -167,6 +175,27 @@ class Strategy:
             return cls(**dict(data))
         except TypeError as exc:
             raise InvalidStrategyError(f"malformed strategy: {exc}", rule="format") from None
+
+
+def _whole_numbers(label: str, values: Any, example: str) -> tuple[int, ...]:
+    """A tuple of ints from a list of whole numbers (numpy integers too); a typed error for anything else."""
+    bad = InvalidStrategyError(f"{label} must be a list of whole numbers ({example}), got {reprlib.repr(values)}",
+                               rule=label)
+    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
+        raise bad
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise bad
+        out.append(int(v))
+    return tuple(out)
+
+
+def _checked_placement(placement: tuple) -> bool:
+    try:
+        return placement in _VALID_PLACEMENTS
+    except TypeError:  # unhashable members: not a placement we built, the full check will say why
+        return False
 
 
 def stage_sizes(stages: Sequence[int]) -> list[int]:

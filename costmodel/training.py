@@ -29,6 +29,7 @@ from hardware_profiles.topology import Cluster
 from .comm import all_gather_s, all_reduce_s, p2p_s, reduce_scatter_s
 from .pricing import CostContext, Estimate, StageEstimate
 from .layercost import Parallel, layer_train_cost, token_count
+from .layertimes import find as find_layer_times
 from .layers import attention_flops_per_token, model_flops_per_token, param_split
 from .layout import StageLinks, resolve_layout
 from .model import ModelSpec
@@ -103,6 +104,16 @@ def class_cost_table(model: ModelSpec, ctx: CostContext, workload: Training,
             cols = [c.fwd_s, c.bwd_s, c.recompute_s, c.tp_comm_s, c.ep_comm_s, c.activation_bytes]
             for f, col in enumerate(cols):
                 out[idx, k, f] = np.broadcast_to(np.asarray(col, dtype=float), uniq.shape)[inv]
+        measured = find_layer_times(ctx.layer_times, model.name, lk.gpu.name, s.tp)
+        if measured is not None:  # measured compute replaces the formula's
+            per_sample = measured.per_class(model.layer_classes[1], len(classes))
+            fwd = (mbs[:, None] if measured.scales_with_batch else np.ones_like(mbs)[:, None]) * per_sample[None, :]
+            out[idx, :, FWD] = fwd
+            out[idx, :, BWD] = measured.backward_factor * fwd
+            is_block = np.array([lay.kind == "transformer" for lay in classes])
+            out[idx, :, REC] = fwd * is_block if s.recompute == "full" else 0.0
+            if measured.includes_tp_comm:
+                out[idx, :, TPC] = 0.0
         for i in idx:
             s_i = requests[i][1]
             memo[key + (s_i.micro_batch,)] = out[i].copy()

@@ -7,11 +7,14 @@ from typing import Any, Mapping
 from hardware_profiles.gpu import normalize_dtype
 
 from .errors import WorkloadError
+from .model import MAX_DIM
 
 
 def _positive_int(label: str, v: Any) -> None:
     if not isinstance(v, int) or isinstance(v, bool) or v < 1:
         raise WorkloadError(f"{label} must be a whole number >= 1, got {v!r}")
+    if v > MAX_DIM:  # far beyond real batches and contexts; larger numbers overflow the cost terms
+        raise WorkloadError(f"{label}={v:,} is beyond what parplan prices (at most {MAX_DIM:,})")
 
 
 @dataclass(frozen=True)

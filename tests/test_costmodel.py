@@ -1010,3 +1010,35 @@ def test_every_catalog_model_through_estimate(name):
     for v in (ei.time_s, ei.ttft_s, ei.tpot_s, ei.tokens_per_s, ei.cost_usd, ei.energy_j, ei.memory_per_gpu_bytes):
         assert math.isfinite(v) and v > 0
     assert ei.max_batch >= 0
+
+
+# -- measured per-layer times ------------------------------------------------------------
+def test_measured_layer_times_replace_the_formula():
+    from costmodel.layertimes import LayerTimes
+
+    model = cm.ModelSpec.decoder("lt", num_layers=4, hidden=256, num_heads=4, ffn_hidden=512, vocab=1000,
+                                 seq_len=128)
+    wl = cm.Training(global_batch=8, seq_len=128)
+    strat = cm.Strategy(dp=1, micro_batch=2)
+    base = cm.estimate(model, "1x1xH100", strat, wl, params=cm.CostParams(), profiles=None)
+    slow = LayerTimes(model="lt", gpu="H100-SXM-80GB", tp=1, forward_s_per_sample=(0.0, 0.01, 0.01, 0.01, 0.01, 0.0))
+    est = cm.estimate(model, "1x1xH100", strat, wl, params=cm.CostParams(), profiles=None, layer_times=[slow])
+    # 4 micro-batches x 2 samples x 4 blocks x 10 ms forward, backward twice that
+    assert est.breakdown["compute_s"] == pytest.approx(4 * 2 * 4 * 0.01 * 3, rel=1e-9)
+    assert est.time_s > base.time_s
+    other_gpu = LayerTimes(model="lt", gpu="A100-SXM-80GB", tp=1, forward_s_per_sample=(1.0,) * 6)
+    assert cm.estimate(model, "1x1xH100", strat, wl, params=cm.CostParams(), profiles=None,
+                       layer_times=[other_gpu]).time_s == pytest.approx(base.time_s)
+
+
+def test_layer_times_must_match_the_model():
+    from costmodel.layertimes import LayerTimes
+    from hardware_profiles.errors import ProfileError
+
+    model = cm.ModelSpec.decoder("lt", num_layers=2, hidden=64, num_heads=4, ffn_hidden=128, vocab=100, seq_len=16)
+    bad = LayerTimes(model="lt", gpu="H100-SXM-80GB", tp=1, forward_s_per_sample=(0.1, 0.1))
+    with pytest.raises(ProfileError, match="2 layers; the model has 4"):
+        cm.estimate(model, "1x1xH100", cm.Strategy(), cm.Training(global_batch=1, seq_len=16), profiles=None,
+                    layer_times=[bad])
+    with pytest.raises(ProfileError):
+        LayerTimes(model="lt", gpu="H100-SXM-80GB", tp=1, forward_s_per_sample=(-1.0,))
