@@ -346,7 +346,8 @@ def _objective_column(df: pd.DataFrame, kind: str, objective: str, workload: Any
 
 def plan(model: ModelSpec | str, cluster: Cluster | str, workload: Training | Inference, *,
          objective: str | None = None, constraints: Constraints | None = None, space: SearchSpace | None = None,
-         params: CostParams | None = None, profiles: Any = "auto", **constraint_kwargs: Any) -> PlanResult:
+         params: CostParams | None = None, profiles: Any = "auto", layer_times: Any = (),
+         **constraint_kwargs: Any) -> PlanResult:
     """Search every valid strategy and return the best plan with all candidates.
 
     objective: training "throughput" (default) or "cost"; inference "latency" (whole batch, default),
@@ -372,7 +373,7 @@ def plan(model: ModelSpec | str, cluster: Cluster | str, workload: Training | In
     elif constraint_kwargs:
         raise PlannerOptionError("give constraints either as Constraints(...) or as keywords, not both")
     space = space or SearchSpace()
-    ctx = CostContext.make(cluster, workload.dtype, params, profiles)
+    ctx = CostContext.make(cluster, workload.dtype, params, profiles, layer_times)
 
     cache: dict = {}
     if kind == "training":
@@ -494,7 +495,8 @@ def _finalize(row: pd.Series, model: ModelSpec, cluster: Cluster, workload: Any,
     strat = _strategy_of(row)
     if row["stages"]:
         strat = strat.with_(stages=tuple(int(x) for x in row["stages"].split(",")))
-    e = estimate(model, cluster, strat, workload, params=ctx.params, profiles=ctx.profiles)
+    e = estimate(model, cluster, strat, workload, params=ctx.params, profiles=ctx.profiles,
+                 layer_times=ctx.layer_times)
     return Plan.from_estimate(model, cluster, workload, e, objective=objective)
 
 
