@@ -55,8 +55,10 @@ def explain(result: "PlanResult") -> str:
     df = result.candidates
     faster = df[df["pruned"] & (df["time_s"] < eb.time_s)]
     if len(faster):
-        f = faster.sort_values("time_s").iloc[0]
-        lines.append(f"{len(faster)} faster strategies were pruned; the fastest ({_row_describe(f)}, "
+        # the faster strategy that came closest to being allowed says most about what limited the choice
+        f = faster.loc[(faster["memory_gb"] / faster["capacity_gb"]).idxmin()] if "memory_gb" in faster else \
+            faster.sort_values("time_s").iloc[0]
+        lines.append(f"{len(faster)} faster strategies were pruned; the closest to fitting ({_row_describe(f)}, "
                      f"{_fmt_time(f['time_s'])}) was rejected: {f['reason']}.")
     mem = eb.memory
     top = max(mem, key=mem.get)
@@ -143,9 +145,10 @@ def text_report(result: "PlanResult", top: int = 10) -> str:
                    f"{_fmt_time(e.per_token_s)}; cost {cost}, energy {e.energy_j / 3.6e6:.3f} kWh, "
                    f"largest batch that fits: {e.max_batch}")
     if best.strategy.pp > 1:
-        out.append("  stages: " + "; ".join(
-            f"{s.index}: layers {s.first_layer}-{s.end_layer - 1} on {s.gpu}, {_fmt_time(s.time_s)}/micro-batch, "
-            f"{s.memory_bytes / gb:.1f} GB" for s in e.stages))
+        out.append("  stages:")
+        for s in e.stages:
+            out.append(f"    {s.index:>3}: layers {s.first_layer:>3}-{s.end_layer - 1:<3} on {s.gpu:<16} "
+                       f"{_fmt_time(s.time_s):>9} per micro-batch, {s.memory_bytes / gb:6.1f} GB")
     for note in e.notes:
         out.append(f"  note: {note}")
     out.append("")
