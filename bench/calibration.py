@@ -1,0 +1,99 @@
+"""The cost model against the project's own GPU runs, before and after calibration (issue 6).
+
+    python bench/calibration.py [bench/results/gpu/runs_DIR ...] [--fit single,dp2,pp2]
+
+Reads executor RunReports (each embeds its plan) from the given directories (default: the newest
+bench/results/gpu/runs_*), prices every run with the cost model three ways, and reports the error on the
+runs NOT used for fitting:
+  datasheet   catalog figures only (no measured profile, default constants);
+  profiled    the committed microbenchmark profile of the GPU (GEMM roofline, NCCL collectives);
+  calibrated  profile + at most three executor runs (--fit) through `costmodel.calibrate`.
+Also says whether the predicted best layout is the measured best. Writes bench/results/calibration.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent.parent))
+
+from costmodel.calibrate import RunRecord, calibrate  # noqa: E402
+from costmodel.calibrated import profiles_for_cluster  # noqa: E402
+from costmodel.params import CostParams  # noqa: E402
+from costmodel.pricing import estimate  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def load_runs(dirs: list[Path]) -> list[RunRecord]:
+    runs = []
+    for d in dirs:
+        for f in sorted(d.glob("run_*.json")):
+            r = json.loads(f.read_text())
+            if "plan_data" not in r:
+                continue
+            runs.append(RunRecord.from_report({"plan": r["plan_data"], "step_time_s": r["step_time_s"],
+                                               "label": r.get("label", f.stem[4:])}))
+    return runs
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("dirs", nargs="*")
+    ap.add_argument("--fit", default="single,dp2,pp2", help="labels of the (at most three) runs to fit on")
+    args = ap.parse_args()
+    dirs = [Path(d) for d in args.dirs] or sorted((RESULTS / "gpu").glob("runs_*"))[-1:]
+    runs = load_runs(dirs)
+    fit_labels = [x for x in args.fit.split(",") if x]
+    if len(fit_labels) > 3:
+        raise SystemExit("at most three runs may be used for fitting")
+    fit = [r for r in runs if r.label in fit_labels]
+    test = [r for r in runs if r.label not in fit_labels]
+    profiles = list(profiles_for_cluster(runs[0].cluster).values())
+    cal = calibrate(profiles=profiles, runs=fit)
+
+    def predict(r: RunRecord, how: str) -> float:
+        if how == "datasheet":
+            return estimate(r.model, r.cluster, r.strategy, r.workload, params=CostParams(), profiles=None).time_s
+        if how == "profiled":
+            p = calibrate(profiles=profiles).params
+            return estimate(r.model, r.cluster, r.strategy, r.workload, params=p, profiles="auto").time_s
+        return estimate(r.model, r.cluster, r.strategy, r.workload, params=cal.params, profiles="auto").time_s
+
+    rows, report = [], {"dirs": [str(d) for d in dirs], "fit_on": fit_labels, "runs": []}
+    for r in runs:
+        preds = {h: predict(r, h) for h in ("datasheet", "profiled", "calibrated")}
+        rec = {"label": r.label, "strategy": r.strategy.describe(), "measured_s": r.measured_s,
+               "used_for_fit": r.label in fit_labels, **{f"{h}_s": v for h, v in preds.items()},
+               **{f"{h}_error": v / r.measured_s - 1 for h, v in preds.items()}}
+        report["runs"].append(rec)
+        rows.append(rec)
+    held = [x for x in rows if not x["used_for_fit"]]
+    for h in ("datasheet", "profiled", "calibrated"):
+        errs = np.abs([x[f"{h}_error"] for x in held]) if held else np.array([np.nan])
+        report[f"{h}_held_out_max_error"] = float(errs.max())
+        report[f"{h}_held_out_median_error"] = float(np.median(errs))
+        best_pred = min(rows, key=lambda x: x[f"{h}_s"])["label"]
+        report[f"{h}_predicted_best"] = best_pred
+    report["measured_best"] = min(rows, key=lambda x: x["measured_s"])["label"]
+    report["calibration"] = {"fitted": dict(cal.fitted), "stderr": dict(cal.stderr)}
+    (RESULTS / "calibration.json").write_text(json.dumps(report, indent=2))
+    print(f"runs from {', '.join(map(str, dirs))}; fitted on {', '.join(fit_labels)} (+ microbenchmark profile)")
+    print(f"{'run':<18} {'measured':>9} {'datasheet':>10} {'profiled':>10} {'calibrated':>11}")
+    for x in rows:
+        mark = " (fit)" if x["used_for_fit"] else ""
+        print(f"{x['label'] + mark:<18} {x['measured_s']:9.3f} {x['datasheet_error']:+10.1%} "
+              f"{x['profiled_error']:+10.1%} {x['calibrated_error']:+11.1%}")
+    for h in ("datasheet", "profiled", "calibrated"):
+        print(f"{h:<11} held-out error median {report[f'{h}_held_out_median_error']:.1%}, max "
+              f"{report[f'{h}_held_out_max_error']:.1%}; predicted best {report[f'{h}_predicted_best']} "
+              f"(measured best {report['measured_best']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
