@@ -15,10 +15,20 @@ which also works when embedding and head sit on different pipeline stages.
 
 Modules read their weights through `local()`: after tensor parallelism some
 weights are DTensors and these modules compute on the local shard (the
-parallel code sets up the collectives around them).
+parallel code sets up the collectives around them), so no activation ever
+goes through DTensor dispatch.
+
+Fused projections, laid out so that a contiguous split of the rows over any
+tensor-parallel degree that divides the KV heads (or the MLP width) gives
+every rank whole units: `attn.wqkv` holds, per KV group, its n_rep query
+heads, then its key head, then its value head; `w13` (gated MLPs) interleaves
+gate and up rows (gate 0, up 0, gate 1, up 1, ...). Initial values are drawn
+per logical projection (wq, wk, wv, w1, w3) and placed into the fused layout,
+so the model is the same function of the seed as with separate projections.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 from dataclasses import dataclass
@@ -29,15 +39,44 @@ import torch.nn.functional as F
 
 from costmodel.model import LayerSpec, ModelSpec
 
+try:  # torch >= 2.5
+    from torch.distributed.tensor import DTensor
+except ImportError:  # pragma: no cover - torch 2.4
+    from torch.distributed._tensor import DTensor  # type: ignore
+
 from .errors import UnsupportedPlanError
 
 INIT_STD = 0.02
 
 
 def local(t: torch.Tensor) -> torch.Tensor:
-    """The local shard of a DTensor, or the tensor itself."""
-    to_local = getattr(t, "to_local", None)
-    return to_local() if to_local is not None else t
+    """The local shard of a DTensor (differentiable), or the tensor itself."""
+    if not isinstance(t, DTensor):
+        return t
+    if torch.compiler.is_compiling():
+        return t.to_local()
+    return _LocalShard.apply(t) if t.requires_grad and torch.is_grad_enabled() else t._local_tensor
+
+
+class _LocalShard(torch.autograd.Function):
+    """`DTensor.to_local()` for parameters, without its per-call cost: the local gradient is wrapped with the
+    parameter's own spec (same placements, shape and strides), as `to_local()` does after checking that."""
+
+    @staticmethod
+    def forward(ctx, p):
+        ctx.spec = p._spec
+        return p._local_tensor.view_as(p._local_tensor)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return DTensor(grad.contiguous(), copy.copy(ctx.spec), requires_grad=False)
+
+
+class Linear(nn.Linear):
+    """`nn.Linear` that multiplies by the local shard of a (possibly DTensor) weight."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, local(self.weight), None if self.bias is None else local(self.bias))
 
 
 def _norm(kind: str, hidden: int, eps: float) -> nn.Module:
@@ -89,8 +128,12 @@ class Embedding(nn.Module):
 class Attention(nn.Module):
     """Grouped-query attention through `F.scaled_dot_product_attention`.
 
-    Head counts come from the weight shapes at run time, so a tensor-parallel
-    rank that holds heads/tp query heads and kv_heads/tp KV heads runs unchanged.
+    One fused projection `wqkv` (rows: per KV group, n_rep query heads, one key
+    head, one value head). Head counts come from the weight shapes at run time,
+    so a tensor-parallel rank holding kv_heads/tp whole groups runs unchanged,
+    and the sequence length from the projection's output, so an input that
+    holds a sequence shard (sequence parallelism gathers it in the projection)
+    works too.
     """
 
     def __init__(self, spec: LayerSpec, rope_theta: float):
@@ -98,20 +141,23 @@ class Attention(nn.Module):
         h, hd = spec.hidden, spec.head_dim
         self.head_dim = hd
         self.n_rep = spec.num_heads // spec.num_kv_heads
-        self.wq = nn.Linear(h, spec.num_heads * hd, bias=spec.bias)
-        self.wk = nn.Linear(h, spec.num_kv_heads * hd, bias=spec.bias)
-        self.wv = nn.Linear(h, spec.num_kv_heads * hd, bias=spec.bias)
-        self.wo = nn.Linear(spec.num_heads * hd, h, bias=spec.bias)
+        self.wqkv = Linear(h, (spec.num_heads + 2 * spec.num_kv_heads) * hd, bias=spec.bias)
+        self.wo = Linear(spec.num_heads * hd, h, bias=spec.bias)
         self.rope = spec.position == "rope"
         self.rope_theta = rope_theta
         self.causal = spec.causal
         self.span = spec.attention_span
 
+    def local_kv_heads(self) -> int:
+        return local(self.wqkv.weight).shape[0] // ((self.n_rep + 2) * self.head_dim)
+
     def forward(self, x: torch.Tensor, start_pos: int = 0, cache: KVCache | None = None) -> torch.Tensor:
-        b, s, _ = x.shape
-        q = self.wq(x).view(b, s, -1, self.head_dim).transpose(1, 2)
-        k = self.wk(x).view(b, s, -1, self.head_dim).transpose(1, 2)
-        v = self.wv(x).view(b, s, -1, self.head_dim).transpose(1, 2)
+        qkv = self.wqkv(x)
+        b, s = qkv.shape[:2]
+        qkv = qkv.view(b, s, -1, self.n_rep + 2, self.head_dim)
+        q = qkv[:, :, :, :self.n_rep].reshape(b, s, -1, self.head_dim).transpose(1, 2)
+        k = qkv[:, :, :, self.n_rep].transpose(1, 2)
+        v = qkv[:, :, :, self.n_rep + 1].transpose(1, 2)
         if self.rope:
             cos, sin = rope_cos_sin(torch.arange(start_pos, start_pos + s, device=x.device), self.head_dim,
                                     self.rope_theta, q.dtype)
@@ -144,20 +190,24 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """Dense feed-forward: SwiGLU-style (w1 gate, w3 up, w2 down) or plain (w1 up, w2 down)."""
+    """Dense feed-forward: SwiGLU-style (fused gate/up `w13`, rows interleaved, then down `w2`) or
+    plain (up `w1`, down `w2`)."""
 
     def __init__(self, hidden: int, ffn: int, gated: bool, activation: str, bias: bool):
         super().__init__()
         self.act = _act(activation)
-        self.w1 = nn.Linear(hidden, ffn, bias=bias)
-        self.w3 = nn.Linear(hidden, ffn, bias=bias) if gated else None
-        self.w2 = nn.Linear(ffn, hidden, bias=bias)
+        self.gated = gated
+        if gated:
+            self.w13 = Linear(hidden, 2 * ffn, bias=bias)
+        else:
+            self.w1 = Linear(hidden, ffn, bias=bias)
+        self.w2 = Linear(ffn, hidden, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.act(self.w1(x))
-        if self.w3 is not None:
-            h = h * self.w3(x)
-        return self.w2(h)
+        if self.gated:
+            gate, up = self.w13(x).unflatten(-1, (-1, 2)).unbind(-1)
+            return self.w2(self.act(gate) * up)
+        return self.w2(self.act(self.w1(x)))
 
 
 class Experts(nn.Module):
@@ -201,11 +251,11 @@ class Router(nn.Module):
 
     def __init__(self, hidden: int, num_experts: int, top_k: int):
         super().__init__()
-        self.gate = nn.Linear(hidden, num_experts, bias=False)
+        self.gate = Linear(hidden, num_experts, bias=False)
         self.top_k = top_k
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = F.linear(x, local(self.gate.weight))
+        logits = self.gate(x)
         top_logits, top_idx = torch.topk(logits.float(), self.top_k, dim=-1)
         return torch.softmax(top_logits, dim=-1).to(x.dtype), top_idx
 
@@ -220,8 +270,8 @@ class MoE(nn.Module):
         h, d = spec.hidden, spec.dispatch_dim
         self.num_experts = spec.num_experts
         self.router = Router(h, spec.num_experts, spec.top_k)
-        self.down = nn.Linear(h, d, bias=False) if d != h else None
-        self.up = nn.Linear(d, h, bias=False) if d != h else None
+        self.down = Linear(h, d, bias=False) if d != h else None
+        self.up = Linear(d, h, bias=False) if d != h else None
         self.experts = Experts(spec.num_experts, d, spec.expert_ffn_hidden, spec.gated_mlp, spec.activation, spec.bias)
         self.shared = (MLP(h, spec.shared_experts * spec.shared_ffn_hidden, spec.gated_mlp, spec.activation, spec.bias)
                        if spec.shared_experts else None)
@@ -231,10 +281,10 @@ class MoE(nn.Module):
         b, s, h = x.shape
         flat = x.reshape(-1, h)
         weights, idx = self.router(flat)
-        xin = flat if self.down is None else F.linear(flat, local(self.down.weight))
+        xin = flat if self.down is None else self.down(flat)
         y = self.dispatcher(xin, weights, idx, self.experts, self.num_experts)
         if self.up is not None:
-            y = F.linear(y, local(self.up.weight))
+            y = self.up(y)
         out = y.view(b, s, h)
         if self.shared is not None:
             out = out + self.shared(x)
@@ -280,7 +330,7 @@ class Head(nn.Module):
     def __init__(self, spec: LayerSpec, eps: float):
         super().__init__()
         self.norm = _norm(spec.norm, spec.hidden, eps)
-        self.proj = nn.Linear(spec.hidden, spec.vocab, bias=False)
+        self.proj = Linear(spec.hidden, spec.vocab, bias=False)
         self.tied = spec.tied
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -322,9 +372,8 @@ class Transformer(nn.Module):
         for key, layer in self.layers.items():
             layer = getattr(layer, "_checkpoint_wrapped_module", layer)
             if isinstance(layer, Block):
-                kv_local = local(layer.attn.wk.weight).shape[0]
                 hd = layer.attn.head_dim
-                shape = (batch, kv_local // hd, max_len, hd)
+                shape = (batch, layer.attn.local_kv_heads(), max_len, hd)
                 caches[key] = KVCache(torch.zeros(shape, dtype=dtype, device=device),
                                       torch.zeros(shape, dtype=dtype, device=device))
         return caches
@@ -355,26 +404,44 @@ def init_weights(model: Transformer, seed: int) -> None:
     embeddings (output projections scaled by 1/sqrt(2 x blocks), as GPT-2 does),
     ones for norm weights, zeros for biases. The same seed gives the same values
     whatever device or layout, since each tensor draws from its own CPU generator.
-    Tied heads copy the embedding."""
+    Fused projections draw each logical projection under its own name and place
+    it (see the module docstring). Tied heads copy the embedding."""
     n_blocks = max(model.spec.num_layers, 1)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            values = _init_values(name, tuple(p.shape), seed, n_blocks)
+            lay = model.spec.layers[int(name.split(".")[1])]
+            values = _init_values(name, tuple(p.shape), seed, n_blocks, lay)
             p.copy_(values.to(device=p.device, dtype=p.dtype))
         emb_key = "0"
         head_key = str(len(model.spec.layers) - 1)
         if head_key in model.layers and model.layers[head_key].tied:
             emb_name = f"layers.{emb_key}.tok.weight"
             model.layers[head_key].proj.weight.copy_(_init_values(emb_name, tuple(model.layers[head_key].proj.weight.shape),
-                                                                   seed, n_blocks))
+                                                                   seed, n_blocks, model.spec.layers[0]))
 
 
-def _init_values(name: str, shape: tuple[int, ...], seed: int, n_blocks: int) -> torch.Tensor:
+def _init_values(name: str, shape: tuple[int, ...], seed: int, n_blocks: int, lay: LayerSpec) -> torch.Tensor:
     leaf = name.rsplit(".", 1)[-1]
     if "norm" in name and leaf == "weight":
         return torch.ones(shape)
     if leaf in ("bias", "b1", "b2", "b3"):
         return torch.zeros(shape)
+    if name.endswith("wqkv.weight"):
+        n_kv, hd = lay.num_kv_heads, lay.head_dim
+        n_rep = lay.num_heads // n_kv
+        q, k, v = (_draw(name.replace("wqkv", w), (heads * hd, shape[1]), seed, n_blocks)
+                   for w, heads in (("wq", lay.num_heads), ("wk", n_kv), ("wv", n_kv)))
+        return torch.cat([q.view(n_kv, n_rep, hd, -1), k.view(n_kv, 1, hd, -1), v.view(n_kv, 1, hd, -1)],
+                         dim=1).reshape(shape)
+    if name.endswith("w13.weight"):
+        half = (shape[0] // 2, shape[1])
+        gate, up = (_draw(name.replace("w13", w), half, seed, n_blocks) for w in ("w1", "w3"))
+        return torch.stack([gate, up], dim=1).reshape(shape)
+    return _draw(name, shape, seed, n_blocks)
+
+
+def _draw(name: str, shape: tuple[int, ...], seed: int, n_blocks: int) -> torch.Tensor:
+    leaf = name.rsplit(".", 1)[-1]
     digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
     gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
     std = INIT_STD

@@ -97,7 +97,7 @@ def compute_dtype_for(plan: Any, device: torch.device) -> torch.dtype:
 
 
 def setup(plan: Any, *, seed: int = 0, device: torch.device | str = "cpu", shape: RunShape | None = None,
-          reuse_meshes: bool = False, compile_blocks: bool = False) -> Session:
+          reuse_meshes: bool = False, compile_blocks: bool | str = False) -> Session:
     """Collective: build the meshes and this rank's parallelized chunks (`reuse_meshes`: share meshes with
     earlier setups of the same shape in this process)."""
     device = torch.device(device)
@@ -540,9 +540,6 @@ def _main(argv: list[str] | None = None) -> int:
         plan = Plan.load(args.plan)
         shape = validate(plan, world_size)
         fault = Fault.parse(args.inject_fault) if args.inject_fault else None
-        if args.compile and shape.tp > 1:
-            raise UnsupportedPlanError("--compile with tp > 1 is not supported: DTensor's backward redistribution "
-                                       "fails around compiled blocks (torch 2.13); run without --compile")
     except ParplanError as exc:  # refused before any process group starts
         if rank == 0:
             print(f"executor: plan refused: {exc}", file=sys.stderr)

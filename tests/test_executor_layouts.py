@@ -36,6 +36,7 @@ def test_the_layout_list_covers_every_dimension():
     assert {(s.get("ep", 1) > 1, s.get("ep_mode", "dp")) for s in st} >= {(True, "dp"), (True, "tp")}
     assert {s.get("recompute", "none") for s in st} == {"none", "full", "selective"}
     assert any(s.get("stages") for s in st)  # uneven cut points given by the plan
+    assert any(c.get("compile") and c["strategy"].get("tp", 1) > 1 for c in cases)
     assert {c["model"] for c in cases if c["workload"]["kind"] == "inference"} == {"dense", "moe", "gpt2"}
 
 

@@ -48,7 +48,7 @@ def test_gpt2_style_model_has_learned_positions_biases_and_a_tied_head():
     model = build_model(MODELS["gpt2"], seed=3)
     emb, head = model.layers["0"], model.layers[str(len(MODELS["gpt2"].layers) - 1)]
     assert emb.pos.weight.shape == (16, 32)
-    assert model.layers["1"].attn.wq.bias is not None
+    assert model.layers["1"].attn.wqkv.bias is not None
     assert isinstance(model.layers["1"].attn_norm, torch.nn.LayerNorm)
     assert torch.equal(head.proj.weight, emb.tok.weight)  # tied copies start equal
 
@@ -151,7 +151,9 @@ def test_dry_run_with_the_fake_backend_reports_per_rank_shards():
     total = spec.num_params
     tp = dry_run(plan_for(tp=2), 2)
     assert [r.rank for r in tp] == [0, 1]
-    assert tp[0].shapes["layers.1.attn.wk.weight"] == (16, 32)  # 4 KV heads x 8 / 2 ranks
+    # per rank: 2 of the 4 KV groups, each 2 query + 1 key + 1 value head of 8; half the gate/up rows
+    assert tp[0].shapes["layers.1.attn.wqkv.weight"] == (64, 32)
+    assert tp[0].shapes["layers.1.ffn.w13.weight"] == (64, 32)
     assert total / 2 < tp[0].param_numel < total  # norms are replicated
     pp = dry_run(plan_for(pp=2, micro_batch=4), 2)
     assert pp[0].param_numel + pp[1].param_numel == total

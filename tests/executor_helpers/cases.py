@@ -92,6 +92,12 @@ def cases_for(world: int) -> list[dict]:
         for extra in ({}, {"schedule": "interleaved", "virtual_stages": 2}):
             st = dict({"pp": 2, "micro_batch": 2, "stages": [0, 3, 8]}, **extra)
             cases.append(dict(_case("dense", st, TRAIN), id=f"train-dense-pp2-stages038-{st.get('schedule', '1f1b')}"))
+        # compiled blocks around the tensor-parallel collectives (aot_eager: the graph capture and autograd
+        # of the collectives, without compiling C++ kernels on a CPU test machine)
+        for model in ("dense", "gpt2"):
+            st = {"tp": 2, "micro_batch": 2, "sequence_parallel": True, "recompute": "selective"}
+            cases.append(dict(_case(model, st, TRAIN), id=f"train-{model}-tp2-sp-selective-compiled",
+                              compile="aot_eager"))
     # inference: greedy tokens must match exactly
     for model in ("dense", "moe", "gpt2"):
         for tp, pp, dp in factorizations(world):

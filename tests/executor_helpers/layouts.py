@@ -3,7 +3,8 @@
     torchrun --nproc-per-node W tests/executor_helpers/layouts.py cases.json results.json
 
 cases.json: {"models": {key: ModelSpec.to_dict()}, "steps": 3, "seed": 0,
-             "cases": [{"id": str, "model": key, "strategy": {...}, "workload": {...}}]}
+             "cases": [{"id": str, "model": key, "strategy": {...}, "workload": {...},
+                        "compile": torch.compile backend of the blocks (optional)}]}
 Every case must use all W ranks. Rank 0 computes the references (once per model and workload)
 and writes one result per case: relative differences of losses, first-step gradients and final
 parameters (training) or whether the greedy tokens are identical (inference).
@@ -75,7 +76,8 @@ def main() -> None:
         key = (case["model"], json.dumps(case["workload"], sort_keys=True))
         res = {"id": case["id"]}
         try:
-            session = setup(plan, seed=seed, device="cpu", shape=shape, reuse_meshes=True)
+            session = setup(plan, seed=seed, device="cpu", shape=shape, reuse_meshes=True,
+                            compile_blocks=case.get("compile", False))
             if isinstance(wl, Training):
                 out = train(session, steps, cfg=cfg, capture_grads=True)
                 params = full_state(session.parts, shape, session.meshes)
