@@ -18,6 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 
 _INF = np.inf
+_TOL = 1 + 1e-12
+# Work arrays are sized so one (thresholds, L+1, band) temporary stays near 128 MB of float64.
+_BATCH_ELEMENTS = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -31,40 +34,83 @@ class PartitionResult:
         return np.isfinite(self.objective)
 
 
-def _stage_matrices(layer_time: np.ndarray, out_cost: np.ndarray, in_cost: np.ndarray, layer_mem: np.ndarray,
-                    mem_fixed: np.ndarray, mem_cap: np.ndarray) -> np.ndarray:
-    """C[j, a, b] for a < b (inf elsewhere and where stage j would not fit memory)."""
-    p, L = layer_time.shape
-    zeros = np.zeros((p, 1))
-    P = np.concatenate([zeros, np.cumsum(layer_time, axis=1)], axis=1)  # (p, L+1)
-    M = np.concatenate([zeros, np.cumsum(layer_mem, axis=1)], axis=1)
-    C = P[:, None, :] - P[:, :, None] + out_cost[:, None, :] + in_cost[:, :, None]
-    mem = M[:, None, :] - M[:, :, None] + mem_fixed[:, None, None]
-    a = np.arange(L + 1)
-    valid = (a[:, None] < a[None, :])[None, :, :] & (mem <= mem_cap[:, None, None] * (1 + 1e-12))
-    return np.where(valid, C, _INF)
+class _Stages:
+    """Stage costs in band form: G[j][b, d - 1] is the cost of stage j covering layers [b - d, b), inf where
+    that range starts before layer 0 or does not fit stage j's memory. Only lengths d <= w are kept: no stage
+    of a split whose stages all cost <= T is longer than `width(T)`, so DPs under a threshold need only the
+    band, O(p L w) instead of O(p L^2) (a 1,000-layer model over 256 stages has w of about 8)."""
+
+    def __init__(self, layer_time, out_cost, in_cost, layer_mem, mem_fixed, mem_cap):
+        self.p, self.L = layer_time.shape
+        zeros = np.zeros((self.p, 1))
+        self.P = np.concatenate([zeros, np.cumsum(layer_time, axis=1)], axis=1)  # (p, L+1)
+        self.M = np.concatenate([zeros, np.cumsum(layer_mem, axis=1)], axis=1)
+        self.out, self.inn = out_cost, in_cost
+        self.fixed, self.cap = mem_fixed, mem_cap * _TOL
+        # the k cheapest layers of each stage bound how many layers fit under a threshold or in memory
+        self.min_time_prefix = np.concatenate([zeros, np.cumsum(np.sort(layer_time, axis=1), axis=1)], axis=1)
+        self.min_mem_prefix = np.concatenate([zeros, np.cumsum(np.sort(layer_mem, axis=1), axis=1)], axis=1)
+        self._bands: dict[int, np.ndarray] = {}
+
+    def width(self, threshold: float) -> int:
+        longest = self.L - self.p + 1
+        by_mem = (self.min_mem_prefix + self.fixed[:, None] <= self.cap[:, None]).sum(axis=1) - 1
+        w = int(by_mem.max())
+        if np.isfinite(threshold):
+            w = min(w, int(((self.min_time_prefix <= threshold * _TOL).sum(axis=1) - 1).max()))
+        return max(1, min(w, longest))
+
+    def band(self, w: int) -> np.ndarray:
+        """(p, L+1, w) stage costs, cached per width."""
+        if w not in self._bands:
+            n = self.L + 1
+            b = np.arange(n)[:, None]
+            a = b - np.arange(1, w + 1)[None, :]  # (n, w)
+            ok = a >= 0
+            ac = np.where(ok, a, 0)
+            cost = self.P[:, b] - self.P[:, ac] + self.out[:, b] + self.inn[:, ac]
+            mem = self.M[:, b] - self.M[:, ac] + self.fixed[:, None, None]
+            self._bands = {w: np.where(ok[None] & (mem <= self.cap[:, None, None]), cost, _INF)}
+        return self._bands[w]
+
+    def cost(self, j: int, a: int, b: int) -> float:
+        if b <= a or self.M[j, b] - self.M[j, a] + self.fixed[j] > self.cap[j]:
+            return _INF
+        return float(self.P[j, b] - self.P[j, a] + self.out[j, b] + self.inn[j, a])
 
 
-def _bottleneck(C: np.ndarray) -> float:
-    p, n, _ = C.shape
-    g = np.full(n, _INF)
+def _gather_prev(f: np.ndarray, w: int) -> np.ndarray:
+    """f[..., b - d] for d = 1..w as (..., n, w), inf where b - d < 0."""
+    n = f.shape[-1]
+    idx = np.arange(n)[:, None] - np.arange(1, w + 1)[None, :]
+    out = f[..., np.maximum(idx, 0)]
+    out[..., idx < 0] = _INF
+    return out
+
+
+def _bottleneck(st: _Stages, w: int) -> float:
+    """Least possible largest stage cost (min-max DP), using stages of at most w layers."""
+    G = st.band(w)
+    g = np.full(st.L + 1, _INF)
     g[0] = 0.0
-    for j in range(p):
-        g = np.min(np.maximum(g[:, None], C[j]), axis=0)
+    for j in range(st.p):
+        g = np.min(np.maximum(_gather_prev(g, w), G[j]), axis=1)
     return float(g[-1])
 
 
-def _min_sum(C: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Least total cost with every stage <= threshold, for each threshold; plus argmins for backtracking."""
-    p, n, _ = C.shape
+def _min_sum(st: _Stages, thresholds: np.ndarray, w: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Least total cost with every stage <= threshold, for each threshold; plus the chosen stage lengths
+    (argmin d - 1, per stage) for backtracking."""
+    G = st.band(w)
+    n = st.L + 1
     f = np.full((len(thresholds), n), _INF)
     f[:, 0] = 0.0
+    lim = (thresholds * _TOL)[:, None, None]
     choices = []
-    for j in range(p):
-        Cj = np.where(C[j][None, :, :] <= thresholds[:, None, None] * (1 + 1e-12), C[j][None, :, :], _INF)
-        cand = f[:, :, None] + Cj  # (T, a, b)
-        arg = np.argmin(cand, axis=1)
-        f = np.take_along_axis(cand, arg[:, None, :], axis=1)[:, 0, :]
+    for j in range(st.p):
+        cand = _gather_prev(f, w) + np.where(G[j][None] <= lim, G[j][None], _INF)  # (T, n, w)
+        arg = np.argmin(cand, axis=2)
+        f = np.take_along_axis(cand, arg[:, :, None], axis=2)[:, :, 0]
         choices.append(arg)
     return f[:, -1], choices
 
@@ -73,7 +119,7 @@ def _backtrack(choices: list[np.ndarray], k: int, n: int) -> tuple[int, ...]:
     b = n - 1
     cuts = [b]
     for j in range(len(choices) - 1, -1, -1):
-        b = int(choices[j][k, b])
+        b = b - 1 - int(choices[j][k, b])
         cuts.append(b)
     return tuple(reversed(cuts))
 
@@ -84,10 +130,10 @@ def partition(layer_time: np.ndarray, *, weight: float, out_cost: np.ndarray | N
               max_thresholds: int = 4096) -> PartitionResult:
     """Best contiguous split of L layers into p non-empty stages.
 
-    layer_time: (p, L) time of each layer on each stage's devices.
+    layer_time: (p, L) time of each layer on each stage's devices (>= 0).
     weight: A in A * max + sum (micro-batches - 1 for 1F1B and GPipe).
-    out_cost, in_cost: (p, L + 1) boundary costs (zeros by default).
-    layer_mem: (p, L) bytes of each layer on each stage; mem_fixed, mem_cap: (p,).
+    out_cost, in_cost: (p, L + 1) boundary costs (>= 0, zeros by default).
+    layer_mem: (p, L) bytes of each layer on each stage (>= 0); mem_fixed, mem_cap: (p,).
     """
     layer_time = np.asarray(layer_time, dtype=float)
     p, L = layer_time.shape
@@ -98,37 +144,79 @@ def partition(layer_time: np.ndarray, *, weight: float, out_cost: np.ndarray | N
     layer_mem = np.zeros((p, L)) if layer_mem is None else np.asarray(layer_mem, dtype=float)
     mem_fixed = np.zeros(p) if mem_fixed is None else np.asarray(mem_fixed, dtype=float)
     mem_cap = np.full(p, _INF) if mem_cap is None else np.asarray(mem_cap, dtype=float)
-    C = _stage_matrices(layer_time, out_cost, in_cost, layer_mem, mem_fixed, mem_cap)
-    t_star = _bottleneck(C)
+    st = _Stages(layer_time, out_cost, in_cost, layer_mem, mem_fixed, mem_cap)
+    # an even split, where it fits, bounds the bottleneck and so the band the exact DP needs
+    even = even_partition(L, p)
+    t_even = max(st.cost(j, even[j], even[j + 1]) for j in range(p))
+    t_star = _bottleneck(st, st.width(t_even))
     if not np.isfinite(t_star):
         return PartitionResult((), _INF, ())
-    s_inf, _ = _min_sum(C, np.array([_INF]))
-    s_inf = float(s_inf[0])
-    sums, choices = _min_sum(C, np.array([t_star]))
-    best_obj = weight * t_star + float(sums[0])
-    best = (choices, 0)
     if weight > 0:
-        hi = (best_obj - s_inf) / weight
-        values = np.unique(C[np.isfinite(C)])
-        cand = values[(values > t_star * (1 + 1e-12)) & (values <= hi * (1 + 1e-12))]
-        for start in range(0, min(len(cand), max_thresholds), 256):
-            batch = cand[start:start + 256]
-            if len(batch) == 0 or batch[0] > hi * (1 + 1e-12):
-                break
-            sums, choices = _min_sum(C, batch)
-            objs = weight * batch + sums
+        best_obj, cuts = _threshold_search(st, t_star, float(weight), max_thresholds, layer_time)
+    else:
+        sums, choices = _min_sum(st, np.array([_INF]), st.width(_INF))
+        best_obj, cuts = float(sums[0]), _backtrack(choices, 0, L + 1)
+    costs = tuple(st.cost(j, cuts[j], cuts[j + 1]) for j in range(p))
+    return PartitionResult(cuts, best_obj, costs)
+
+
+def _threshold_search(st: _Stages, t_star: float, weight: float, max_thresholds: int, layer_time: np.ndarray
+                      ) -> tuple[float, tuple[int, ...]]:
+    """min over thresholds T of weight * T + S(T), S(T) the least sum with every stage <= T.
+
+    The optimum's T is one of the stage costs in [t_star, hi], hi = (best so far - a lower bound on S) /
+    weight. S is non-increasing in T, so on an interval of candidate thresholds [T_lo, T_hi] whose ends are
+    evaluated, no interior T scores below weight * T_(lo+1) + S(T_hi): intervals whose bound cannot beat
+    the best so far are dropped unevaluated, the rest are split at a few interior points and evaluated in
+    one batch. Exact over the first `max_thresholds` candidates, with far fewer DPs than trying each one
+    when layer times are uneven.
+    """
+    n = st.L + 1
+    w = st.width(t_star)
+    sums, choices = _min_sum(st, np.array([t_star]), w)
+    best_obj = weight * t_star + float(sums[0])
+    best_cuts = _backtrack(choices, 0, n)
+    # every layer runs on some stage, and every stage pays one send and one receive
+    s_low = float(layer_time.min(axis=0).sum() + st.out.min(axis=1).sum() + st.inn.min(axis=1).sum())
+    hi = (best_obj - s_low) / weight
+    w = st.width(hi)
+    G = st.band(w)
+    values = np.unique(G[(G > t_star * _TOL) & (G <= hi * _TOL)])
+    cand = np.concatenate([[t_star], values])[:max_thresholds + 1]
+    step = int(max(1, min(256, _BATCH_ELEMENTS // (n * w))))
+    known = {0: float(sums[0])}
+
+    def evaluate(idx: list[int]) -> None:
+        nonlocal best_obj, best_cuts
+        for start in range(0, len(idx), step):
+            chunk = idx[start:start + step]
+            sums, choices = _min_sum(st, cand[chunk], w)
+            objs = weight * cand[chunk] + sums
+            known.update(zip(chunk, sums.tolist()))
             k = int(np.argmin(objs))
             if objs[k] < best_obj - 1e-15:
                 best_obj = float(objs[k])
-                best = (choices, k)
-                hi = (best_obj - s_inf) / weight
-    else:
-        sums, choices = _min_sum(C, np.array([_INF]))
-        best_obj = float(sums[0])
-        best = (choices, 0)
-    cuts = _backtrack(best[0], best[1], L + 1)
-    costs = tuple(float(C[j, cuts[j], cuts[j + 1]]) for j in range(p))
-    return PartitionResult(cuts, best_obj, costs)
+                best_cuts = _backtrack(choices, k, n)
+
+    last = len(cand) - 1
+    if last > 0:
+        evaluate([last])
+    intervals = [(0, last)] if last > 1 else []
+    while intervals:
+        bound = (best_obj - s_low) / weight * _TOL
+        live = [(a, b) for a, b in intervals
+                if b - a > 1 and cand[a + 1] <= bound and weight * cand[a + 1] + known[b] < best_obj - 1e-15]
+        if not live:
+            break
+        per = max(1, min(16, step * 4 // len(live)))
+        points, intervals = [], []
+        for a, b in live:
+            inner = [int(i) for i in np.unique(np.linspace(a, b, per + 2).round().astype(int)[1:-1]) if a < i < b]
+            points += inner
+            ends = [a, *inner, b]
+            intervals += list(zip(ends[:-1], ends[1:]))
+        evaluate(points)
+    return best_obj, best_cuts
 
 
 def uniform_partition(first_s: float, block_s: float, last_s: float, num_blocks: int, stage_extra_s: np.ndarray

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import os
 import re
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -23,12 +24,17 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import networkx as nx
+import numpy as np
 
 from .catalog import get_gpu
 from .errors import ClusterSpecError, ParplanError
 from .gpu import GPUSpec
 
 FABRIC_KINDS = ("nvswitch", "nvlink", "pcie", "infinity_fabric", "loopback")
+MAX_GPUS_PER_NODE = 72  # an NVL72 rack is the largest single NVLink domain sold
+# Far beyond any cluster built so far (about 200,000 GPUs); it keeps a typo such as "1000000x8xH100" from
+# building a billion-entry cluster instead of saying what is wrong.
+MAX_GPUS = 1_000_000
 NETWORK_KINDS = ("infiniband", "roce", "ethernet", "none")
 
 # Latencies of one hop, seconds (order of magnitude from NCCL tests; the
@@ -172,8 +178,9 @@ class Cluster:
         if not isinstance(spec, str) or not spec.strip():
             raise ClusterSpecError(f"a cluster string looks like '4x8xH100' or '3x4xV100+1x4xT4', got {spec!r}")
         nodes: list[Node] = []
-        for part in spec.replace(" ", "").split("+"):
-            count, per_node, gpu_name = _parse_part(part, spec)
+        parts = [_parse_part(part, spec) for part in spec.replace(" ", "").split("+")]
+        _check_size(sum(count * per_node for count, per_node, _ in parts), repr(spec))
+        for count, per_node, gpu_name in parts:
             for _ in range(count):
                 nodes.append(Node.of(
                     gpu_name, per_node, intra_node_gbps=intra_node_gbps, intra_node_kind=intra_node_kind,
@@ -212,6 +219,7 @@ class Cluster:
                                    f"latency_s")
         default_net_bw = net.get("bandwidth_gbps")
         nodes: list[Node] = []
+        total_gpus = 0
         for i, raw in enumerate(raw_nodes):
             if not isinstance(raw, Mapping):
                 raise ClusterSpecError(f"nodes[{i}] must be a mapping like {{gpu: H100, gpus_per_node: 8}}")
@@ -228,6 +236,12 @@ class Cluster:
             for label, v in (("gpus_per_node", per_node), ("count", count)):
                 if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                     raise ClusterSpecError(f"nodes[{i}].{label} must be a whole number >= 1, got {v!r}")
+            if per_node > MAX_GPUS_PER_NODE:
+                raise ClusterSpecError(f"nodes[{i}].gpus_per_node={per_node} is more than any node holds "
+                                       f"({MAX_GPUS_PER_NODE} for NVL72); describe the GPUs as several nodes "
+                                       f"with 'count'")
+            total_gpus += count * per_node
+            _check_size(total_gpus, "the cluster file")
             fab = raw.get("fabric", {}) or {}
             if not isinstance(fab, Mapping):
                 raise ClusterSpecError(f"nodes[{i}].fabric must be a mapping like {{kind: nvswitch, bandwidth_gbps: 450}}")
@@ -251,10 +265,16 @@ class Cluster:
     @classmethod
     def from_file(cls, path: str | Path) -> "Cluster":
         """Read a YAML (.yaml/.yml) or JSON cluster file."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise ClusterSpecError(f"a cluster file is given by its path, got {type(path).__name__}")
         p = Path(path)
-        if not p.exists():
-            raise ClusterSpecError(f"cluster file {str(p)!r} does not exist")
-        text = p.read_text()
+        if not p.is_file():
+            raise ClusterSpecError(f"cluster file {str(p)!r} does not exist" if not p.exists() else
+                                   f"cluster file {str(p)!r} is not a file")
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ClusterSpecError(f"cannot read cluster file {str(p)!r}: {exc}") from None
         try:
             if p.suffix.lower() in (".yaml", ".yml"):
                 import yaml
@@ -278,7 +298,7 @@ class Cluster:
         }
 
     # -- basic facts ---------------------------------------------------
-    @property
+    @cached_property
     def num_gpus(self) -> int:
         return sum(n.num_gpus for n in self.nodes)
 
@@ -344,23 +364,29 @@ class Cluster:
 
     def first_gpus(self, count: int) -> "Cluster":
         """The sub-cluster made of the first `count` GPUs (node by node)."""
-        if not 1 <= count <= self.num_gpus:
+        if not isinstance(count, int) or not 1 <= count <= self.num_gpus:
             raise ClusterSpecError(f"cannot take {count} GPUs from a cluster of {self.num_gpus}")
-        return self.without_gpus(range(count, self.num_gpus))
+        nodes, left = [], count
+        for n in self.nodes:
+            if left <= 0:
+                break
+            nodes.append(n if n.num_gpus <= left else replace(n, num_gpus=left))
+            left -= n.num_gpus
+        return self.with_nodes(nodes)
 
     def without_gpus(self, failed: Iterable[int]) -> "Cluster":
         """The cluster left after losing some GPUs (global indices); empty nodes disappear."""
-        failed = set(failed)
-        bad = [g for g in failed if not 0 <= g < self.num_gpus]
-        if bad:
-            raise ClusterSpecError(f"GPU indices {bad} are outside 0..{self.num_gpus - 1}")
-        nodes = []
-        start = 0
-        for n in self.nodes:
-            lost = sum(1 for g in range(start, start + n.num_gpus) if g in failed)
-            if n.num_gpus - lost > 0:
-                nodes.append(replace(n, num_gpus=n.num_gpus - lost))
-            start += n.num_gpus
+        failed_idx = np.unique(np.fromiter((int(g) for g in failed), dtype=np.int64))
+        total = self.num_gpus
+        bad = failed_idx[(failed_idx < 0) | (failed_idx >= total)]
+        if bad.size:
+            raise ClusterSpecError(f"GPU indices {bad[:10].tolist()}{' ...' if bad.size > 10 else ''} are outside "
+                                   f"0..{total - 1}")
+        sizes = np.array([n.num_gpus for n in self.nodes], dtype=np.int64)
+        node_of = np.searchsorted(np.cumsum(sizes), failed_idx, side="right")
+        left = sizes - np.bincount(node_of, minlength=len(sizes))
+        nodes = [n if lost_none else replace(n, num_gpus=int(k))
+                 for n, k, lost_none in zip(self.nodes, left, left == sizes) if k > 0]
         if not nodes:
             raise ClusterSpecError("no GPUs are left in the cluster")
         return self.with_nodes(nodes)
@@ -479,6 +505,9 @@ def _parse_part(part: str, whole: str) -> tuple[int, int, str]:
     if not part or m is None or not m.group(3):
         raise ClusterSpecError(f"cannot read {part!r} in cluster {whole!r}: write NODESxGPUSxNAME, e.g. '4x8xH100'")
     a, b, name = m.groups()
+    if any(d is not None and len(d) > 9 for d in (a, b)):
+        raise ClusterSpecError(f"{part!r} in cluster {whole!r} asks for more than {MAX_GPUS:,} GPUs; "
+                               f"write NODESxGPUSxNAME, e.g. '4x8xH100'")
     if a is not None and b is not None:
         count, per_node = int(a), int(b)
     elif a is not None:
@@ -487,12 +516,18 @@ def _parse_part(part: str, whole: str) -> tuple[int, int, str]:
         count, per_node = 1, 1
     if count < 1 or per_node < 1:
         raise ClusterSpecError(f"{part!r} in cluster {whole!r} asks for zero nodes or GPUs")
-    if per_node > 72:
+    if per_node > MAX_GPUS_PER_NODE:
         raise ClusterSpecError(f"{part!r}: {per_node} GPUs in one node is more than any node holds (72 for NVL72); "
                                f"write NODESxGPUSxNAME, e.g. '{max(1, per_node // 8)}x8x{name}'")
     if re.search(r"\dx", name.lower()) and re.match(r"^\d", name):
         raise ClusterSpecError(f"cannot read {part!r} in cluster {whole!r}: write NODESxGPUSxNAME, e.g. '4x8xH100'")
     return count, per_node, get_gpu(name).name
+
+
+def _check_size(num_gpus: int, what: str) -> None:
+    if num_gpus > MAX_GPUS:
+        raise ClusterSpecError(f"{what} describes {num_gpus:,} GPUs; parplan plans clusters of up to {MAX_GPUS:,} "
+                               f"GPUs (check the node count: NODESxGPUSxNAME, e.g. '12500x8xH100')")
 
 
 def _check_positive(label: str, value: float) -> None:
