@@ -198,6 +198,10 @@ class ModelSpec:
         if not isinstance(num_layers, int) or isinstance(num_layers, bool) or not 1 <= num_layers <= MAX_LAYERS:
             raise ModelConfigError(f"model {name!r}: num_layers must be an integer in 1..{MAX_LAYERS:,}, "
                                    f"got {num_layers!r}")
+        for label, v, low in (("num_experts", num_experts, 0), ("moe_layer_interval", moe_layer_interval, 1),
+                              ("first_dense_layers", first_dense_layers, 0)):
+            if not isinstance(v, int) or isinstance(v, bool) or not low <= v <= MAX_DIM:
+                raise ModelConfigError(f"model {name!r}: {label} must be an integer in {low}..{MAX_DIM:,}, got {v!r}")
         common = dict(hidden=hidden, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
                       gated_mlp=gated_mlp, norm=norm, activation=activation, bias=bias, position=position,
                       kv_cache_dim=kv_cache_dim, dropout=dropout)

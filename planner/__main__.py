@@ -96,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             workload = cm.Training(global_batch=args.batch or 512, seq_len=args.seq, dtype=args.dtype)
         constraints = planner.Constraints(
-            max_ttft_s=args.max_ttft_ms / 1e3 if args.max_ttft_ms else None,
-            max_tpot_s=args.max_tpot_ms / 1e3 if args.max_tpot_ms else None,
+            max_ttft_s=args.max_ttft_ms / 1e3 if args.max_ttft_ms is not None else None,
+            max_tpot_s=args.max_tpot_ms / 1e3 if args.max_tpot_ms is not None else None,
             max_gpus=args.max_gpus, max_usd_per_hour=args.max_usd_per_hour, memory_headroom=args.memory_headroom)
         result = planner.plan(model, cluster, workload, objective=args.objective, constraints=constraints)
         print(result.report(top=args.top))
@@ -113,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"report written to {write_html_report(result, args.report)}")
         return 0
     except ParplanError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # an output path that cannot be written (a directory, no permission, disk full)
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
