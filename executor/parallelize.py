@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import os
 import warnings
 from dataclasses import dataclass, field
 from functools import partial
@@ -372,11 +373,36 @@ class TPLinear(Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self._tp
         if self._tp_in is not None:
+            if torch.is_autocast_enabled(x.device.type):
+                # autocast would cast the input for the matmul anyway; casting before the region makes the
+                # all-gather (sequence parallel) and the backward all-reduce of its gradient move half the bytes
+                x = x.to(torch.get_autocast_dtype(x.device.type))
             x = _ENTER[self._tp_in].apply(x, c)
-            y = F.linear(x, local(self.weight), None if self.bias is None else local(self.bias))
+            y = F.linear(x, self._local_weight(x), None if self.bias is None else local(self.bias))
             return _GatherLast.apply(y, c) if self._tp_out == "gather" else y
-        y = _EXIT[self._tp_out].apply(F.linear(x, local(self.weight)), c)
+        y = _EXIT[self._tp_out].apply(F.linear(x, self._local_weight(x)), c)
         return y if self.bias is None else y + local(self.bias)
+
+    def _local_weight(self, x: torch.Tensor) -> torch.Tensor:
+        """The local weight shard; under autocast, its low-precision copy made once per optimizer step.
+
+        Autocast caches the casts of leaf parameters, but a DTensor's local shard is not a leaf, so without
+        this every micro-batch would cast every weight again (a kernel and host work per linear layer). The
+        copy is keyed by the parameter's version, which the optimizer's in-place update bumps; micro-batches of
+        one step share its autograd path back to the parameter (that path saves no tensors, so each backward
+        may run it)."""
+        w = self.weight
+        dev = x.device.type
+        if (not isinstance(w, DTensor) or not torch.is_autocast_enabled(dev) or not torch.is_grad_enabled()
+                or torch.compiler.is_compiling()):
+            return local(w)
+        dtype = torch.get_autocast_dtype(dev)
+        key = (id(w), w._version, dtype)  # in-place updates bump the DTensor's counter, not its shard's
+        cached = self.__dict__.get("_cast_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, local(w).to(dtype))
+            self.__dict__["_cast_cache"] = cached
+        return cached[1]
 
 
 class VocabParallelEmbedding(nn.Embedding):
@@ -684,9 +710,12 @@ def build_parts(spec: ModelSpec, shape: RunShape, meshes: Meshes, *, seed: int, 
 
 
 def _compile_blocks(model: Transformer, backend: bool | str) -> None:
+    kwargs: dict[str, Any] = {"backend": backend} if isinstance(backend, str) else {}
+    if os.environ.get("PARPLAN_COMPILE_MODE"):  # e.g. "reduce-overhead" (CUDA graphs), "max-autotune"
+        kwargs["mode"] = os.environ["PARPLAN_COMPILE_MODE"]
     for layer in model.layers.values():
         if isinstance(_unwrap(layer), Block):
-            layer.compile(**({"backend": backend} if isinstance(backend, str) else {}))
+            layer.compile(**kwargs)
 
 
 def finalize_grads(parts: list[Part], shape: RunShape, meshes: Meshes) -> None:

@@ -23,7 +23,7 @@ from hardware_profiles.topology import Cluster  # noqa: E402
 from planner.plan import Plan  # noqa: E402
 
 from executor.check import validate  # noqa: E402
-from executor.model import build_model  # noqa: E402
+from executor.model import build_model, local  # noqa: E402
 from executor.parallelize import DTensor, build_meshes, build_parts  # noqa: E402
 from executor.run import cross_entropy  # noqa: E402
 
@@ -123,3 +123,72 @@ def test_sequence_parallel_swaps_each_all_reduce_for_a_reduce_scatter_and_an_all
     assert forward.collectives == {"all_gather_into_tensor": 2 * blocks + 2, "reduce_scatter_tensor": 2 * blocks + 1}
     assert backward.collectives == {"all_gather_into_tensor": 2 * blocks + 1, "reduce_scatter_tensor": 2 * blocks + 1}
     assert forward.dtensor_ops == [] and backward.dtensor_ops == ["aten.detach.default"] * sharded
+
+
+class _Casts(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func.overloadpacket.__name__ == "_to_copy"
+        return func(*args, **(kwargs or {}))
+
+
+def _tp_block():
+    spec = MODELS["dense"]
+    plan = Plan(model=spec, cluster=Cluster.parse("1x2xH100"), workload=Training(global_batch=2, seq_len=16,
+                                                                                  dtype="fp32"),
+                strategy=Strategy(tp=2, micro_batch=1))
+    shape = validate(plan, 2)
+    model = build_parts(spec, shape, build_meshes(shape, "cpu"), seed=0, device=torch.device("cpu"),
+                        compute_dtype=torch.float32)[0].module
+    return model.layers["1"], spec.hidden
+
+
+def _accumulate(block, xs, casts=None):
+    for p in block.parameters():
+        p.grad = None
+    outs = []
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for i, x in enumerate(xs):
+            with casts if (casts is not None and i == len(xs) - 1) else _Nothing():
+                y = block(x)
+            y.float().sum().backward()
+            outs.append(y.detach().float())
+    return outs, [p.grad.to_local().clone() if isinstance(p.grad, DTensor) else p.grad.clone()
+                  for p in block.parameters()]
+
+
+class _Nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_autocast_casts_each_tp_weight_once_per_optimizer_step_with_the_same_gradients(fake_group, monkeypatch):
+    import executor.parallelize as par
+
+    block, hidden = _tp_block()
+    gen = torch.Generator().manual_seed(1)
+    xs = [torch.randn(1, 16, hidden, generator=gen) for _ in range(3)]
+    cached_casts, uncached_casts = _Casts(), _Casts()
+    out_a, grads_a = _accumulate(block, xs, cached_casts)
+    with monkeypatch.context() as m:  # what autocast alone does: cast the local shard at every use
+        m.setattr(par.TPLinear, "_local_weight", lambda self, x: local(self.weight))
+        out_b, grads_b = _accumulate(block, xs, uncached_casts)
+    linears = sum(isinstance(mod, par.TPLinear) for mod in block.modules())
+    assert linears == 4 and uncached_casts.count - cached_casts.count == linears  # third micro-batch: no weight casts
+    for a, b in zip(out_a + grads_a, out_b + grads_b):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with torch.no_grad():  # an optimizer step updates the shards in place: the next micro-batch sees it
+        for p in block.parameters():
+            p.add_(0.01)
+    out_c, _ = _accumulate(block, xs[:1])
+    with monkeypatch.context() as m:
+        m.setattr(par.TPLinear, "_local_weight", lambda self, x: local(self.weight))
+        out_d, _ = _accumulate(block, xs[:1])
+    torch.testing.assert_close(out_c[0], out_d[0], rtol=0, atol=0)
+    assert not torch.equal(out_c[0], out_a[0])
