@@ -133,16 +133,50 @@ def main(argv: list[str] | None = None) -> int:
     except ParplanError as exc:
         print(f"executor.launch: plan refused before launch: {exc}", file=sys.stderr)
         return 2
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
-    env.setdefault("OMP_NUM_THREADS", "1")
+    env = worker_env()
     with tempfile.TemporaryDirectory(prefix="parplan-launch-") as log_dir:
         cmd = torchrun_command(args, forwarded, log_dir)
         return run_and_report(cmd, env, args.timeout_s)
 
 
+def worker_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of torchrun and its workers: this repository importable, one thread per worker."""
+    env = dict(os.environ if base is None else base)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a torchrun launch ended."""
+
+    returncode: int  # 124 when stopped at the timeout
+    failures: tuple[Failure, ...]  # torchrun's summary: root cause first
+    output_tail: str
+    timed_out: bool
+
+
 def run_and_report(cmd: list[str], env: dict[str, str], timeout_s: float | None) -> int:
+    out = run_torchrun(cmd, env, timeout_s)
+    if out.timed_out:
+        print(f"executor.launch: stopped after {timeout_s} s", file=sys.stderr)
+    elif out.returncode != 0:
+        if out.failures:
+            print(f"executor.launch: {out.failures[0].describe()}", file=sys.stderr)
+            for f in out.failures[1:]:
+                if f.exitcode not in (-15, None):  # ranks torchrun stopped are not news
+                    print(f"executor.launch: then {f.describe()}", file=sys.stderr)
+        else:
+            print(f"executor.launch: torchrun exited with code {out.returncode}", file=sys.stderr)
+    return out.returncode
+
+
+def run_torchrun(cmd: list[str], env: dict[str, str], timeout_s: float | None, *, echo: bool = True,
+                 log_path: str | os.PathLike[str] | None = None) -> Outcome:
+    """Run torchrun to the end (or the timeout), echoing and/or logging its output; parse its failures."""
     tail: deque[str] = deque(maxlen=400)
+    log = open(log_path, "w") if log_path is not None else None
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)
     timed_out = threading.Event()
@@ -163,24 +197,22 @@ def run_and_report(cmd: list[str], env: dict[str, str], timeout_s: float | None)
 
     threading.Thread(target=watchdog, daemon=True).start()
     assert proc.stdout is not None
-    for line in proc.stdout:
-        sys.stdout.write(line)
-        sys.stdout.flush()
-        tail.append(line)
-    code = proc.wait()
+    try:
+        for line in proc.stdout:
+            if echo:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+            if log is not None:
+                log.write(line)
+            tail.append(line)
+        code = proc.wait()
+    finally:
+        if log is not None:
+            log.close()
+    text = "".join(tail)
     if timed_out.is_set():
-        print(f"executor.launch: stopped after {timeout_s} s", file=sys.stderr)
-        return 124
-    if code != 0:
-        failures = parse_failures("".join(tail))
-        if failures:
-            print(f"executor.launch: {failures[0].describe()}", file=sys.stderr)
-            for f in failures[1:]:
-                if f.exitcode not in (-15, None):  # ranks torchrun stopped are not news
-                    print(f"executor.launch: then {f.describe()}", file=sys.stderr)
-        else:
-            print(f"executor.launch: torchrun exited with code {code}", file=sys.stderr)
-    return code
+        return Outcome(124, tuple(parse_failures(text)), text, True)
+    return Outcome(code, tuple(parse_failures(text)) if code != 0 else (), text, False)
 
 
 if __name__ == "__main__":

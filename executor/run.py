@@ -1,7 +1,8 @@
 """Run a plan under torchrun and report what was measured beside what was predicted.
 
     torchrun --nproc-per-node N -m executor plan.json --steps 5 --report run.json \
-        [--warmup 1] [--seed 0] [--device cpu|cuda] [--backend gloo|nccl]
+        [--warmup 1] [--seed 0] [--device cpu|cuda] [--backend gloo|nccl] \
+        [--checkpoint-dir DIR [--checkpoint-every K]] [--resume DIR] [--step-log steps.jsonl]
 
 Training: AdamW on synthetic tokens (seeded; every data-parallel replica takes
 the same rows of the global batch that a single process would), fp32 on CPU,
@@ -9,6 +10,13 @@ bf16/fp16 compute with fp32 master weights on GPU. Inference: prefill the
 prompt, then greedy decode with a KV cache. Rank 0 writes a `RunReport` JSON
 atomically (temp file + os.replace), so a failed run never leaves half a report
 and never touches one written before.
+
+Checkpoints (training, `executor.checkpoint`): with --checkpoint-dir the run saves
+a distributed checkpoint every --checkpoint-every steps (default: the plan's
+checkpoint_interval_steps; 0 = only after the last step). --resume DIR continues
+the newest complete checkpoint under DIR (or one step_* directory) in this plan's
+layout, whatever layout saved it: the run covers steps [saved step, warmup + steps).
+--step-log appends one JSON line per step (and per checkpoint) as the run goes.
 """
 from __future__ import annotations
 
@@ -137,6 +145,24 @@ class TrainResult:
     losses: list[float]
     step_times_s: list[float]
     grads_first_step: dict[str, torch.Tensor] | None = None
+    first_step: int = 0  # > 0 when resumed from a checkpoint
+
+
+class StepLog:
+    """Progress as JSON lines, written by rank 0 and flushed line by line, so a driver learns how far a run
+    got even when it dies (executor.heal)."""
+
+    def __init__(self, path: str | os.PathLike[str] | None):
+        self._fh = open(path, "a") if path is not None and dist.get_rank() == 0 else None
+
+    def write(self, **record: Any) -> None:
+        if self._fh is not None:
+            self._fh.write(json.dumps({"unix_s": time.time(), **record}) + "\n")
+            self._fh.flush()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
 
 
 class Trainer:
@@ -193,21 +219,36 @@ class Trainer:
 
 
 def train(session: Session, steps: int, *, cfg: OptimConfig = OptimConfig(), fault: "Fault | None" = None,
-          capture_grads: bool = False, after_step=None) -> TrainResult:
+          capture_grads: bool = False, after_step=None, checkpointing: Any = None,
+          step_log: StepLog | None = None) -> TrainResult:
+    """Steps [first, steps): first is 0, or the step of the checkpoint `checkpointing` resumes
+    (an `executor.checkpoint.Checkpointing`, which also saves on its interval)."""
     trainer = Trainer(session, cfg)
+    first = checkpointing.restore(session, trainer.opt) if checkpointing is not None else 0
+    if step_log is not None:
+        step_log.write(event="start", first_step=first, load_s=getattr(checkpointing, "load_s", None),
+                       world_size=session.shape.world_size, layout=session.plan.strategy.describe())
     losses, times, grads0 = [], [], None
-    for step in range(steps):
+    for step in range(first, steps):
         _sync(session.device)
+        start_unix = time.time()
         t0 = time.perf_counter()
         loss, grads = trainer.step(step, fault, capture_grads=capture_grads and step == 0)
         _sync(session.device)
         times.append(time.perf_counter() - t0)
         losses.append(loss)
+        if step_log is not None:
+            step_log.write(event="step", step=step, loss=loss, time_s=times[-1], start_unix_s=start_unix)
         if grads is not None:
             grads0 = grads
+        if checkpointing is not None:
+            saved = checkpointing.after_step(step, steps, session, trainer.opt)
+            if saved is not None and step_log is not None:
+                step_log.write(event="checkpoint", step=saved.step, path=saved.path, save_s=saved.save_s)
         if after_step is not None:
             after_step(step)
-    return TrainResult(losses=losses, step_times_s=_max_over_ranks(times, session.device), grads_first_step=grads0)
+    return TrainResult(losses=losses, step_times_s=_max_over_ranks(times, session.device), grads_first_step=grads0,
+                       first_step=first)
 
 
 # -- inference ------------------------------------------------------------------------
@@ -371,6 +412,10 @@ class RunReport:
     hostname: str
     created_utc: str
     notes: list[str]
+    first_step: int = 0  # global index of the first step run (> 0 when resumed)
+    resumed_from: str | None = None  # checkpoint directory
+    checkpoint_load_s: float | None = None
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)  # saved: step, path, save_s
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": REPORT_SCHEMA, "schema_version": REPORT_SCHEMA_VERSION, **asdict(self)}
@@ -402,15 +447,18 @@ def _pred(plan: Any, key: str) -> float | None:
 
 
 def measure(plan: Any, session: Session, *, steps: int, warmup: int, backend: str,
-            fault: "Fault | None" = None, plan_path: str = "") -> RunReport:
+            fault: "Fault | None" = None, plan_path: str = "", checkpointing: Any = None,
+            step_log: StepLog | None = None) -> RunReport:
     shape = session.shape
     losses: list[float] = []
     ttft = tpot = None
     generated = None
+    first = 0
     if shape.training:
-        result = train(session, warmup + steps, fault=fault)
+        result = train(session, warmup + steps, fault=fault, checkpointing=checkpointing, step_log=step_log)
         times = result.step_times_s
         losses = result.losses
+        first = result.first_step
         tokens_per_unit = shape.batch * shape.seq_len
     else:
         prompt = synthetic_tokens(session.seed, 0, shape.batch, shape.seq_len, plan.model.vocab)
@@ -424,7 +472,7 @@ def measure(plan: Any, session: Session, *, steps: int, warmup: int, backend: st
         ttfts = _max_over_ranks(ttfts, session.device)
         ttft = statistics.median(ttfts[warmup:])
         tokens_per_unit = shape.batch * shape.output_tokens
-    measured = times[warmup:]
+    measured = times[max(warmup - first, 0):] or times  # warm-up counts global steps (a resumed run may skip it)
     step_time = statistics.median(measured)
     if not shape.training:
         tpot = (step_time - ttft) / max(shape.output_tokens - 1, 1)
@@ -452,7 +500,10 @@ def measure(plan: Any, session: Session, *, steps: int, warmup: int, backend: st
         predicted_ttft_s=_pred(plan, "ttft_s"), predicted_tpot_s=_pred(plan, "tpot_s"), generated_tokens=generated,
         shape=shape.to_dict(), prediction=dict(plan.prediction or {}), device=session.device.type,
         device_name=device_name, backend=backend, torch_version=torch.__version__, hostname=platform.node(),
-        created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), notes=session.notes)
+        created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), notes=session.notes,
+        first_step=first, resumed_from=None if checkpointing is None or checkpointing.resume is None
+        else checkpointing.resume.path, checkpoint_load_s=getattr(checkpointing, "load_s", None),
+        checkpoints=list(getattr(checkpointing, "saved", [])))
 
 
 # -- fault injection (tests and drills) ----------------------------------------------------
@@ -507,10 +558,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--pg-timeout-s", type=float, default=None,
                     help="process-group timeout (default 30 s on CPU, 300 s on GPU): a stuck collective fails then")
     ap.add_argument("--compile", action="store_true", help="torch.compile each transformer block (training)")
+    ap.add_argument("--checkpoint-dir", default=None, help="save distributed checkpoints under this directory")
+    ap.add_argument("--checkpoint-every", type=int, default=None,
+                    help="steps between checkpoints (default: the plan's checkpoint_interval_steps; 0: last step only)")
+    ap.add_argument("--checkpoint-keep", type=int, default=0, help="keep the newest K complete checkpoints (0: all)")
+    ap.add_argument("--resume", default=None, help="continue from the newest complete checkpoint under this "
+                    "directory (or this step_* directory), in this plan's layout")
+    ap.add_argument("--step-log", default=None, help="append one JSON line per step (rank 0)")
     ap.add_argument("--inject-fault", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
         ap.error("--steps must be >= 1 and --warmup >= 0")
+    if (args.checkpoint_every is not None and args.checkpoint_every < 0) or args.checkpoint_keep < 0:
+        ap.error("--checkpoint-every and --checkpoint-keep must be >= 0")
     return args
 
 
@@ -544,6 +604,12 @@ def _main(argv: list[str] | None = None) -> int:
         if rank == 0:
             print(f"executor: plan refused: {exc}", file=sys.stderr)
         return 2
+    try:
+        checkpointing, resume_notes = _checkpointing(args, plan, shape)
+    except ParplanError as exc:
+        if rank == 0:
+            print(f"executor: checkpoint refused: {exc}", file=sys.stderr)
+        return 2
     device_type = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device_type == "cuda" and not torch.cuda.is_available():
         print("executor: --device cuda but torch sees no GPU", file=sys.stderr)
@@ -567,8 +633,11 @@ def _main(argv: list[str] | None = None) -> int:
     session = setup(plan, seed=args.seed, device=device, shape=shape, compile_blocks=args.compile)
     if args.compile:
         session.notes.append("transformer blocks compiled with torch.compile")
+    session.notes.extend(resume_notes)
+    step_log = StepLog(args.step_log)
     report = measure(plan, session, steps=args.steps, warmup=args.warmup, backend=backend, fault=fault,
-                     plan_path=str(args.plan))
+                     plan_path=str(args.plan), checkpointing=checkpointing, step_log=step_log)
+    step_log.close()
     if dist.get_rank() == 0:
         write_report(args.report, report.to_dict())
         print(f"executor: {plan.describe()}: step {report.step_time_s:.4g} s measured vs "
@@ -576,6 +645,23 @@ def _main(argv: list[str] | None = None) -> int:
     dist.barrier()
     dist.destroy_process_group()
     return 0
+
+
+def _checkpointing(args: argparse.Namespace, plan: Any, shape: RunShape) -> tuple[Any, list[str]]:
+    """The run's checkpoint policy, and the checkpoint to resume checked against the plan (before any
+    process group starts)."""
+    if not (args.checkpoint_dir or args.resume):
+        return None, []
+    from .checkpoint import Checkpointing, CheckpointError, check_compatible, resolve
+
+    if not shape.training:
+        raise CheckpointError("checkpoints hold training state; an inference plan takes no --checkpoint-dir or "
+                              "--resume")
+    resume = resolve(args.resume) if args.resume else None
+    notes = check_compatible(resume, plan, args.seed, args.warmup + args.steps) if resume is not None else []
+    every = args.checkpoint_every if args.checkpoint_every is not None else plan.checkpoint_interval_steps
+    return Checkpointing(save_root=Path(args.checkpoint_dir) if args.checkpoint_dir else None, every_steps=every,
+                         resume=resume, keep_last=args.checkpoint_keep), notes
 
 
 def _free_port() -> int:
