@@ -35,6 +35,7 @@ BOUNDS: Mapping[str, tuple[float, float]] = {
     "tp_overlap": (0.0, 0.9),
     "step_overhead_s": (0.0, 10.0),
     "microbatch_overhead_s": (0.0, 0.1),
+    "host_layer_s": (0.0, 0.1),
     "activation_overhead": (0.8, 3.0),
     "memory_reserved_bytes": (0.0, 8e9),
     "optimizer_bytes_per_param": (8.0, 200.0),

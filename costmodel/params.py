@@ -57,6 +57,11 @@ class CostParams:
     # fixed cost per micro-batch on each pipeline stage (the schedule's own bookkeeping, send/receive
     # handshakes): what makes many small micro-batches slower than fewer large ones beyond the kernels
     microbatch_overhead_s: float = 0.0
+    # host (Python, dispatch, launch) time to issue one transformer block's forward and backward for one
+    # micro-batch. A GPU that finishes the block sooner waits for the host: a block never takes less than
+    # this. 0 (the idealized runtime) assumes the host keeps ahead; calibration fits it where runs show
+    # otherwise (tensor parallelism divides the GPU work of a block, not the host's).
+    host_layer_s: float = 0.0
 
     def replace(self, **changes: Any) -> "CostParams":
         return replace(self, **changes)

@@ -114,10 +114,26 @@ def class_cost_table(model: ModelSpec, ctx: CostContext, workload: Training,
             out[idx, :, REC] = fwd * is_block if s.recompute == "full" else 0.0
             if measured.includes_tp_comm:
                 out[idx, :, TPC] = 0.0
+        if prm.host_layer_s > 0:
+            _host_floor(out, idx, classes, prm.host_layer_s * (4 / 3 if s.recompute == "full" else 1.0))
         for i in idx:
             s_i = requests[i][1]
             memo[key + (s_i.micro_batch,)] = out[i].copy()
     return out
+
+
+def _host_floor(out: np.ndarray, idx: list[int], classes: Sequence, host_s: float) -> None:
+    """Stretch each transformer block's compute so forward + backward (+ replay) + its collectives take at
+    least `host_s`: the GPU waits for the host in between its kernels (full recompute replays the forward,
+    about a third more host work). The wait is booked as compute, spread in proportion."""
+    for k, lay in enumerate(classes):
+        if lay.kind != "transformer":
+            continue
+        total = out[idx, k, FWD] + out[idx, k, BWD] + out[idx, k, REC] + out[idx, k, TPC] + out[idx, k, EPC]
+        compute = out[idx, k, FWD] + out[idx, k, BWD] + out[idx, k, REC]
+        scale = np.where((total < host_s) & (compute > 0), 1 + (host_s - total) / np.maximum(compute, 1e-30), 1.0)
+        for f in (FWD, BWD, REC):
+            out[idx, k, f] *= scale
 
 
 def class_params(model: ModelSpec, s: Strategy, seq_len: int) -> tuple[np.ndarray, np.ndarray]:

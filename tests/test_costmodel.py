@@ -1048,3 +1048,23 @@ def test_layer_times_must_match_the_model():
                     layer_times=[bad])
     with pytest.raises(ProfileError):
         LayerTimes(model="lt", gpu="H100-SXM-80GB", tp=1, forward_s_per_sample=(-1.0,))
+
+
+def test_a_host_bound_block_takes_the_host_time_so_tensor_parallelism_stops_paying():
+    model = get_model("llama-1.5b")
+    cluster = Cluster.parse("1x2xH200")
+    w = Training(global_batch=8, seq_len=4096, dtype="bf16")
+    single, tp2 = Strategy(micro_batch=1), Strategy(tp=2, micro_batch=1)
+    gpu_only = CostParams()
+    t1 = cm.estimate(model, cluster.first_gpus(1), single, w, params=gpu_only).time_s
+    t2 = cm.estimate(model, cluster, tp2, w, params=gpu_only).time_s
+    assert t2 < 0.7 * t1  # the GPU work of a block halves, and the host keeps ahead
+    blocks = sum(lay.kind == "transformer" for lay in model.layers)
+    per_block = 0.9 * t1 / w.global_batch / blocks  # a host about as slow as one GPU doing the whole block
+    slow_host = gpu_only.replace(host_layer_s=per_block)
+    h1 = cm.estimate(model, cluster.first_gpus(1), single, w, params=slow_host).time_s
+    h2 = cm.estimate(model, cluster, tp2, w, params=slow_host).time_s
+    assert t1 <= h1 < 1.1 * t1  # the single GPU barely notices
+    assert h2 > 0.8 * h1 and h2 > 1.3 * t2  # two GPUs wait for the same host work
+    assert cm.estimate(model, cluster, tp2, w, params=gpu_only.replace(host_layer_s=per_block / 10)).time_s == \
+        pytest.approx(t2, rel=1e-9)  # a fast host changes nothing
