@@ -8,7 +8,8 @@ runs NOT used for fitting:
   datasheet   catalog figures only (no measured profile, default constants);
   profiled    the committed microbenchmark profile of the GPU (GEMM roofline, NCCL collectives);
   calibrated  profile + at most three executor runs (--fit) through `costmodel.calibrate`.
-Also says whether the predicted best layout is the measured best. Writes bench/results/calibration.json.
+Also says whether the predicted best layout is the measured best. Writes bench/results/calibration_<mode>.json
+(mode: eager, or compiled with --compiled).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
-from costmodel.calibrate import RunRecord, calibrate  # noqa: E402
+from costmodel.calibrate import RUN_FIT_DEFAULT, RunRecord, calibrate  # noqa: E402
 from costmodel.calibrated import profiles_for_cluster  # noqa: E402
 from costmodel.params import CostParams  # noqa: E402
 from costmodel.pricing import estimate  # noqa: E402
@@ -29,13 +30,21 @@ from costmodel.pricing import estimate  # noqa: E402
 RESULTS = Path(__file__).parent / "results"
 
 
-def load_runs(dirs: list[Path]) -> list[RunRecord]:
+def _compiled(report: dict) -> bool:
+    return any("torch.compile" in n for n in report.get("notes") or [])
+
+
+def load_runs(dirs: list[Path], compiled: bool = False) -> list[RunRecord]:
+    """The runs of one execution mode: eager, or with `compiled` the torch.compile runs (their labels lose the
+    `_c` tag). The plan does not say how the executor ran it, so the two modes are calibrated apart."""
     runs = []
     for d in dirs:
         for f in sorted(d.glob("run_*.json")):
             r = json.loads(f.read_text())
-            if "plan_data" not in r:
+            if "plan_data" not in r or _compiled(r) != compiled:
                 continue
+            if compiled:
+                r["label"] = r.get("label", f.stem[4:]).removesuffix("_c")
             runs.append(RunRecord.from_report({"plan": r["plan_data"], "step_time_s": r["step_time_s"],
                                                "label": r.get("label", f.stem[4:])}))
     return runs
@@ -45,16 +54,20 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("dirs", nargs="*")
     ap.add_argument("--fit", default="single,dp2,pp2", help="labels of the (at most three) runs to fit on")
+    ap.add_argument("--params", default=",".join(RUN_FIT_DEFAULT), help="cost-model constants fitted to the runs")
+    ap.add_argument("--compiled", action="store_true", help="the runs made with torch.compile (default: eager)")
     args = ap.parse_args()
     dirs = [Path(d) for d in args.dirs] or sorted((RESULTS / "gpu").glob("runs_*"))[-1:]
-    runs = load_runs(dirs)
+    runs = load_runs(dirs, args.compiled)
+    if not runs:
+        raise SystemExit(f"no {'compiled' if args.compiled else 'eager'} runs with plans in {[str(d) for d in dirs]}")
     fit_labels = [x for x in args.fit.split(",") if x]
     if len(fit_labels) > 3:
         raise SystemExit("at most three runs may be used for fitting")
     fit = [r for r in runs if r.label in fit_labels]
     test = [r for r in runs if r.label not in fit_labels]
     profiles = list(profiles_for_cluster(runs[0].cluster).values())
-    cal = calibrate(profiles=profiles, runs=fit)
+    cal = calibrate(profiles=profiles, runs=fit, fit=[x for x in args.params.split(",") if x])
 
     def predict(r: RunRecord, how: str) -> float:
         if how == "datasheet":
@@ -64,7 +77,8 @@ def main() -> int:
             return estimate(r.model, r.cluster, r.strategy, r.workload, params=p, profiles="auto").time_s
         return estimate(r.model, r.cluster, r.strategy, r.workload, params=cal.params, profiles="auto").time_s
 
-    rows, report = [], {"dirs": [str(d) for d in dirs], "fit_on": fit_labels, "runs": []}
+    mode = "compiled" if args.compiled else "eager"
+    rows, report = [], {"dirs": [str(d) for d in dirs], "mode": mode, "fit_on": fit_labels, "runs": []}
     for r in runs:
         preds = {h: predict(r, h) for h in ("datasheet", "profiled", "calibrated")}
         rec = {"label": r.label, "strategy": r.strategy.describe(), "measured_s": r.measured_s,
@@ -81,8 +95,8 @@ def main() -> int:
         report[f"{h}_predicted_best"] = best_pred
     report["measured_best"] = min(rows, key=lambda x: x["measured_s"])["label"]
     report["calibration"] = {"fitted": dict(cal.fitted), "stderr": dict(cal.stderr)}
-    (RESULTS / "calibration.json").write_text(json.dumps(report, indent=2))
-    print(f"runs from {', '.join(map(str, dirs))}; fitted on {', '.join(fit_labels)} (+ microbenchmark profile)")
+    (RESULTS / f"calibration_{mode}.json").write_text(json.dumps(report, indent=2))
+    print(f"{mode} runs from {', '.join(map(str, dirs))}; fitted on {', '.join(fit_labels)} (+ microbenchmark profile)")
     print(f"{'run':<18} {'measured':>9} {'datasheet':>10} {'profiled':>10} {'calibrated':>11}")
     for x in rows:
         mark = " (fit)" if x["used_for_fit"] else ""
