@@ -29,7 +29,6 @@ import resource
 import signal
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,6 +40,7 @@ import torch.nn.functional as F
 
 from costmodel.layers import attention_flops_per_token, matmul_flops_per_token, model_flops_per_token
 from hardware_profiles.errors import ParplanError
+from hardware_profiles.fileio import write_text_atomic
 
 from .check import RunShape, validate
 from .errors import UnsupportedPlanError
@@ -423,19 +423,7 @@ class RunReport:
 
 def write_report(path: str | os.PathLike[str], data: dict[str, Any]) -> Path:
     """Atomic: a temp file in the same directory, then os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, json.dumps(data, indent=2))
 
 
 def _pred(plan: Any, key: str) -> float | None:

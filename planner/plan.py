@@ -30,7 +30,6 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -39,6 +38,7 @@ from costmodel.model import ModelSpec
 from costmodel.strategy import Strategy
 from costmodel.workload import Inference, Training, workload_from_dict
 from hardware_profiles.errors import ParplanError
+from hardware_profiles.fileio import write_text_atomic
 from hardware_profiles.topology import Cluster
 
 SCHEMA = "parplan.plan"
@@ -115,17 +115,7 @@ class Plan:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write atomically (temp file + rename), so a reader never sees half a plan."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(self.to_json())
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)  # a failed write leaves neither half a plan nor a stray temporary file
-            raise
-        return path
+        return write_text_atomic(path, self.to_json())
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Plan":
