@@ -29,7 +29,6 @@ import argparse
 import dataclasses
 import json
 import os
-import signal
 import statistics
 import sys
 import tempfile
@@ -39,7 +38,7 @@ from typing import Any
 
 from hardware_profiles.errors import ParplanError
 
-from .launch import Failure, Outcome, run_torchrun, torchrun_command, worker_env
+from .launch import Failure, Outcome, dead_ranks, run_torchrun, torchrun_command, worker_env
 
 REPORT_SCHEMA = "parplan.heal"
 REPORT_SCHEMA_VERSION = 1
@@ -52,19 +51,6 @@ class HealError(ParplanError, RuntimeError):
 class RecoveryFailedError(HealError):
     """A drill that started but did not heal: the fault did not fire, no rank was named, or the restart
     failed; the message says where the logs are."""
-
-
-def dead_ranks(failures: tuple[Failure, ...] | list[Failure]) -> list[int]:
-    """Ranks that died, as opposed to ranks that failed because a peer died. torchrun's root cause is the
-    failure with the earliest timestamp in whole seconds, which a healthy rank's "connection closed" error
-    can tie or beat; a rank killed by a signal (other than torchrun's own SIGTERM) or gone without a
-    Python error is the one that died."""
-    dead = [f.rank for f in failures if f.rank is not None and (
-        (f.exitcode is not None and f.exitcode < 0 and f.exitcode not in (-signal.SIGTERM, -signal.SIGINT))
-        or f.error.startswith("no error file"))]
-    if not dead and failures and failures[0].rank is not None:
-        dead = [failures[0].rank]
-    return sorted(set(dead))
 
 
 def read_step_log(path: Path) -> list[dict[str, Any]]:

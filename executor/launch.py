@@ -147,6 +147,19 @@ def worker_env(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def dead_ranks(failures: tuple[Failure, ...] | list[Failure]) -> list[int]:
+    """Ranks that died, as opposed to ranks that failed because a peer died. torchrun's root cause is the
+    failure with the earliest timestamp in whole seconds, which a healthy rank's "connection closed" error
+    can tie or beat; a rank killed by a signal (other than torchrun's own SIGTERM) or gone without a
+    Python error is the one that died."""
+    dead = [f.rank for f in failures if f.rank is not None and (
+        (f.exitcode is not None and f.exitcode < 0 and f.exitcode not in (-signal.SIGTERM, -signal.SIGINT))
+        or f.error.startswith("no error file"))]
+    if not dead and failures and failures[0].rank is not None:
+        dead = [failures[0].rank]
+    return sorted(set(dead))
+
+
 @dataclass(frozen=True)
 class Outcome:
     """How a torchrun launch ended."""
@@ -163,8 +176,10 @@ def run_and_report(cmd: list[str], env: dict[str, str], timeout_s: float | None)
         print(f"executor.launch: stopped after {timeout_s} s", file=sys.stderr)
     elif out.returncode != 0:
         if out.failures:
-            print(f"executor.launch: {out.failures[0].describe()}", file=sys.stderr)
-            for f in out.failures[1:]:
+            dead = set(dead_ranks(out.failures))  # the rank that died first, not a peer that lost it
+            ordered = sorted(out.failures, key=lambda f: f.rank not in dead)
+            print(f"executor.launch: {ordered[0].describe()}", file=sys.stderr)
+            for f in ordered[1:]:
                 if f.exitcode not in (-15, None):  # ranks torchrun stopped are not news
                     print(f"executor.launch: then {f.describe()}", file=sys.stderr)
         else:

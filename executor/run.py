@@ -589,14 +589,13 @@ def _main(argv: list[str] | None = None) -> int:
         shape = validate(plan, world_size)
         fault = Fault.parse(args.inject_fault) if args.inject_fault else None
     except ParplanError as exc:  # refused before any process group starts
-        if rank == 0:
-            print(f"executor: plan refused: {exc}", file=sys.stderr)
+        # every rank says it: the first to exit makes torchrun stop the others, rank 0 perhaps before it printed
+        print(f"executor (rank {rank}): plan refused: {exc}", file=sys.stderr)
         return 2
     try:
         checkpointing, resume_notes = _checkpointing(args, plan, shape)
     except ParplanError as exc:
-        if rank == 0:
-            print(f"executor: checkpoint refused: {exc}", file=sys.stderr)
+        print(f"executor (rank {rank}): checkpoint refused: {exc}", file=sys.stderr)
         return 2
     device_type = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device_type == "cuda" and not torch.cuda.is_available():
