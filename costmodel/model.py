@@ -304,6 +304,19 @@ class ModelSpec:
     def is_moe(self) -> bool:
         return any(b.is_moe for b in self.blocks)
 
+    def tp_splits_evenly(self, tp: int, expert_tp: int | None = None) -> bool:
+        """Whether tensor parallelism of degree `tp` splits every block's attention heads, KV heads and dense
+        MLP width evenly; with `expert_tp`, also every expert's width (by that degree)."""
+        for b in self.blocks:
+            if b.num_heads % tp or b.num_kv_heads % tp:
+                return False
+            if b.is_moe:
+                if expert_tp is not None and b.expert_ffn_hidden % expert_tp:
+                    return False
+            elif b.ffn_hidden % tp:
+                return False
+        return True
+
     @property
     def num_experts(self) -> int:
         return max((b.num_experts for b in self.blocks), default=0)

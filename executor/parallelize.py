@@ -252,98 +252,52 @@ def _split_seq(x: torch.Tensor, c: TPComm) -> torch.Tensor:
     return x.narrow(1, c.rank * n, n).contiguous()
 
 
-class _CopyToTP(torch.autograd.Function):
-    """Replicated input of a tensor-parallel region: identity; backward sums the ranks' partial gradients."""
+def _gather_last(x: torch.Tensor, c: TPComm) -> torch.Tensor:
+    """Shards along the last dim to the whole tensor."""
+    out = _all_gather0(x, c).view(c.size, *x.shape).movedim(0, -2)
+    return out.reshape(*x.shape[:-1], c.size * x.shape[-1])
 
-    @staticmethod
-    def forward(ctx, x, c):
+
+def _split_last(x: torch.Tensor, c: TPComm) -> torch.Tensor:
+    n = x.shape[-1] // c.size
+    return x.narrow(-1, c.rank * n, n)
+
+
+def _identity(x: torch.Tensor, c: TPComm) -> torch.Tensor:
+    return x.view_as(x)
+
+
+def _tp_function(name: str, doc: str, forward: Callable, backward: Callable) -> type[torch.autograd.Function]:
+    """An autograd Function that runs `forward(x, comm)` and, on the way back, `backward(grad, comm)`."""
+
+    def fwd(ctx, x, c):
         ctx.c = c
-        return x.view_as(x)
+        return forward(x, c)
 
-    @staticmethod
-    def backward(ctx, grad):
-        return _all_reduce(grad, ctx.c), None
+    def bwd(ctx, grad):
+        return backward(grad, ctx.c), None
 
-
-class _ReduceFromTP(torch.autograd.Function):
-    """Partial sums out of a tensor-parallel region: all-reduce; the gradient is already replicated."""
-
-    @staticmethod
-    def forward(ctx, x, c):
-        return _all_reduce(x, c)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None
+    return type(name, (torch.autograd.Function,),
+                {"__doc__": doc, "forward": staticmethod(fwd), "backward": staticmethod(bwd)})
 
 
-class _GatherSeq(torch.autograd.Function):
-    """Sequence shards into a tensor-parallel region: all-gather; backward reduce-scatters the partial gradients."""
-
-    @staticmethod
-    def forward(ctx, x, c):
-        ctx.c = c
-        return _gather_seq(x, c)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _reduce_scatter_seq(grad, ctx.c), None
-
-
-class _ReduceScatterSeq(torch.autograd.Function):
-    """Partial sums out of a tensor-parallel region into sequence shards; backward all-gathers."""
-
-    @staticmethod
-    def forward(ctx, x, c):
-        ctx.c = c
-        return _reduce_scatter_seq(x, c)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _gather_seq(grad, ctx.c), None
-
-
-class _GatherSeqReplicated(torch.autograd.Function):
-    """Sequence shards to a full replicated sequence whose consumer gives replicated gradients: all-gather;
-    backward keeps this rank's slice (DTensor's Shard -> Replicate)."""
-
-    @staticmethod
-    def forward(ctx, x, c):
-        ctx.c = c
-        return _gather_seq(x, c)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _split_seq(grad, ctx.c), None
-
-
-class _SplitSeq(torch.autograd.Function):
-    """Replicated sequence to this rank's shard; backward all-gathers."""
-
-    @staticmethod
-    def forward(ctx, x, c):
-        ctx.c = c
-        return _split_seq(x, c)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _gather_seq(grad, ctx.c), None
-
-
-class _GatherLast(torch.autograd.Function):
-    """Shards along the last dim (vocab-parallel logits) to the whole tensor; the loss is computed alike on
-    every rank, so backward keeps this rank's slice."""
-
-    @staticmethod
-    def forward(ctx, x, c):
-        ctx.c = c
-        out = _all_gather0(x, c).view(c.size, *x.shape).movedim(0, -2)
-        return out.reshape(*x.shape[:-1], c.size * x.shape[-1])
-
-    @staticmethod
-    def backward(ctx, grad):
-        n = grad.shape[-1] // ctx.c.size
-        return grad.narrow(-1, ctx.c.rank * n, n), None
+# Megatron's f/g pair and its sequence-parallel variants, as (forward, backward) collectives.
+_CopyToTP = _tp_function("_CopyToTP", "Replicated input of a tensor-parallel region: identity; backward sums the "
+                         "ranks' partial gradients.", _identity, _all_reduce)
+_ReduceFromTP = _tp_function("_ReduceFromTP", "Partial sums out of a tensor-parallel region: all-reduce; the "
+                             "gradient is already replicated.", _all_reduce, _identity)
+_GatherSeq = _tp_function("_GatherSeq", "Sequence shards into a tensor-parallel region: all-gather; backward "
+                          "reduce-scatters the partial gradients.", _gather_seq, _reduce_scatter_seq)
+_ReduceScatterSeq = _tp_function("_ReduceScatterSeq", "Partial sums out of a tensor-parallel region into sequence "
+                                 "shards; backward all-gathers.", _reduce_scatter_seq, _gather_seq)
+_GatherSeqReplicated = _tp_function(
+    "_GatherSeqReplicated", "Sequence shards to a full replicated sequence whose consumer gives replicated "
+    "gradients: all-gather; backward keeps this rank's slice (DTensor's Shard -> Replicate).", _gather_seq, _split_seq)
+_SplitSeq = _tp_function("_SplitSeq", "Replicated sequence to this rank's shard; backward all-gathers.",
+                         _split_seq, _gather_seq)
+_GatherLast = _tp_function("_GatherLast", "Shards along the last dim (vocab-parallel logits) to the whole tensor; "
+                           "the loss is computed alike on every rank, so backward keeps this rank's slice.",
+                           _gather_last, _split_last)
 
 
 def copy_to_tp(x: torch.Tensor, comm: TPComm) -> torch.Tensor:

@@ -128,23 +128,11 @@ def comm_volume_bytes(model: ModelSpec | str, est: Estimate, workload: Training 
 
 # --------------------------------------------------------------------------- pure strategies
 
-def _tp_allowed(model: ModelSpec, tp: int) -> bool:
-    for blk in model.blocks:
-        if blk.num_heads % tp or blk.num_kv_heads % tp:
-            return False
-        if blk.is_moe:
-            if blk.expert_ffn_hidden % tp:
-                return False
-        elif blk.ffn_hidden % tp:
-            return False
-    return True
-
-
 def _pure_layouts(model: ModelSpec, n: int) -> list[tuple[str, dict[str, Any], str]]:
     """(name, strategy fields, note) for each pure strategy; degrees the model cannot take spill into DP."""
     out = []
     out.append(("all-DP", dict(dp=n), ""))
-    tp = max(d for d in divisors(n) if _tp_allowed(model, d))
+    tp = max(d for d in divisors(n) if model.tp_splits_evenly(d, expert_tp=d))
     note = "" if tp == n else (f"TP stops at {tp} ({model.num_heads} heads, {model.num_kv_heads} KV heads); "
                                f"the other {n // tp} ways are data parallel")
     out.append(("all-TP", dict(tp=tp, dp=n // tp), note))

@@ -52,15 +52,6 @@ class Layout:
     node_order: tuple[int, ...] | None = field(default=None, compare=False)
 
 
-def _tp_ok(model: ModelSpec, tp: int) -> bool:
-    for b in model.blocks:
-        if b.num_heads % tp or b.num_kv_heads % tp:
-            return False
-        if not b.is_moe and b.ffn_hidden % tp:
-            return False
-    return True
-
-
 def _ep_options(model: ModelSpec, tp: int, dp: int, space: SearchSpace) -> list[tuple[int, str]]:
     if not model.is_moe:
         return [(1, "dp")]
@@ -149,7 +140,7 @@ def layouts(model: ModelSpec, cluster: Cluster, workload: Training | Inference, 
     orders = node_orders(cluster, space.max_placements) if n == cluster.num_gpus else [None]
     out = []
     for tp in divisors(n):
-        if tp > max_tp or (space.tp is not None and tp not in space.tp) or not _tp_ok(model, tp):
+        if tp > max_tp or (space.tp is not None and tp not in space.tp) or not model.tp_splits_evenly(tp):
             continue
         if cluster.gpus_per_node % tp and tp <= cluster.gpus_per_node:
             continue

@@ -92,12 +92,4 @@ def node_placements(cluster: Cluster):
 
 
 def tp_divides_model(model: ModelSpec, tp: int) -> bool:
-    for b in model.blocks:
-        if b.num_heads % tp or b.num_kv_heads % tp:
-            return False
-        if b.is_moe:
-            if b.expert_ffn_hidden % tp:
-                return False
-        elif b.ffn_hidden % tp:
-            return False
-    return True
+    return model.tp_splits_evenly(tp, expert_tp=tp)

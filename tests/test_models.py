@@ -621,3 +621,14 @@ def test_from_module_bad_input(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)
     with pytest.raises(ModelConfigError, match="needs PyTorch"):
         ModelSpec.from_module(NanoGPT(), [1, 2])
+
+
+def test_tp_splits_evenly_checks_heads_kv_heads_and_mlp_widths():
+    from costmodel.catalog import get_model
+
+    llama = get_model("llama-3-70b")  # 64 heads, 8 KV heads
+    assert llama.tp_splits_evenly(8) and not llama.tp_splits_evenly(16) and not llama.tp_splits_evenly(3)
+    mixtral = get_model("mixtral-8x7b")  # experts 14336 wide
+    assert mixtral.tp_splits_evenly(8, expert_tp=8)
+    assert not mixtral.tp_splits_evenly(8, expert_tp=7 * 2 ** 12 + 1)  # no expert width divides that
+    assert mixtral.tp_splits_evenly(8, expert_tp=None)  # expert widths not asked about
