@@ -3,9 +3,10 @@ re-plan for the 3 survivors, resume from the step-4 checkpoint.
 
     python bench/heal_drill.py [OUT_DIR]
 
-Prints the heal report's timings and throughput; the report is OUT_DIR/heal_report.json (default
-/tmp/parplan_heal). On 2 CPU cores the 4-rank phase is oversubscribed, so throughput after the failure can
-exceed throughput before; the timings of detection, re-plan and restart are the figures of interest.
+Prints the heal report's timings and throughput; the report is OUT_DIR/heal/heal_report.json (default
+/tmp/parplan_heal), copied to bench/results/heal_drill.json. On 2 CPU cores the 4-rank phase is
+oversubscribed, so throughput after the failure can exceed throughput before; the timings of detection,
+re-plan and restart are the figures of interest.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ def main() -> int:
            "--checkpoint-every", "2", "--out", str(out / "heal")]
     subprocess.run(cmd, check=True, cwd=REPO, env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
     report = json.loads((out / "heal" / "heal_report.json").read_text())
+    (REPO / "bench" / "results" / "heal_drill.json").write_text(json.dumps(report, indent=2))
     keys = [k for k in report if k.endswith("_s") or "throughput" in k or k in ("old_layout", "new_layout")]
     for k in keys:
         print(f"{k:<40} {report[k]}")
