@@ -668,7 +668,7 @@ def _compile_blocks(model: Transformer, backend: bool | str) -> None:
     if os.environ.get("PARPLAN_COMPILE_MODE"):  # e.g. "reduce-overhead" (CUDA graphs), "max-autotune"
         kwargs["mode"] = os.environ["PARPLAN_COMPILE_MODE"]
     for layer in model.layers.values():
-        if isinstance(_unwrap(layer), Block):
+        if isinstance(_unwrap(layer), (Block, Head)):
             layer.compile(**kwargs)
 
 
