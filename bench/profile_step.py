@@ -31,6 +31,8 @@ def main() -> int:
     ap.add_argument("out")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--trace", action="store_true", help="also write the step's Chrome trace (trace_rank<R>.json.gz)")
+    ap.add_argument("--rows", type=int, default=40, help="rows of each table")
     args = ap.parse_args()
     plan = Plan.load(args.plan)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -67,9 +69,11 @@ def main() -> int:
     text = [f"{plan.describe()} rank {rank}",
             f"step wall {wall_s:.4f} s; host returned after {host_s:.4f} s; device busy (sum of kernel self time, "
             f"all streams) {device_us / 1e6:.4f} s",
-            events.table(sort_by=sort, row_limit=30, max_name_column_width=60),
-            events.table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=60)]
+            events.table(sort_by=sort, row_limit=args.rows, max_name_column_width=60),
+            events.table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=60)]
     (out / f"profile_rank{rank}.txt").write_text("\n\n".join(text))
+    if args.trace:
+        prof.export_chrome_trace(str(out / f"trace_rank{rank}.json.gz"))
     if rank == 0:
         print(text[1])
     dist.barrier()

@@ -48,8 +48,7 @@ def _clear_caches() -> None:
     """Each timed search starts cold: no layout or device cache carried over from the previous run."""
     from costmodel import calibrated, device, layout
 
-    layout._resolve.cache_clear()
-    layout._arrays.cache_clear()
+    layout.clear_caches()
     device._device_perf.cache_clear()
     calibrated._calibrations.cache_clear()
 

@@ -148,6 +148,10 @@ class Attention(nn.Module):
         self.causal = spec.causal
         self.span = spec.attention_span
 
+    # (cos, sin) for positions 0..rows-1, fp32, shared by the layers of one head size (bind_rope_tables);
+    # a plain attribute, not a buffer, so that moving or casting the model keeps one copy per device
+    rope_table: tuple[torch.Tensor, torch.Tensor] | None = None
+
     def local_kv_heads(self) -> int:
         return local(self.wqkv.weight).shape[0] // ((self.n_rep + 2) * self.head_dim)
 
@@ -159,8 +163,7 @@ class Attention(nn.Module):
         k = qkv[:, :, :, self.n_rep].transpose(1, 2)
         v = qkv[:, :, :, self.n_rep + 1].transpose(1, 2)
         if self.rope:
-            cos, sin = rope_cos_sin(torch.arange(start_pos, start_pos + s, device=x.device), self.head_dim,
-                                    self.rope_theta, q.dtype)
+            cos, sin = self._rope(start_pos, s, x.device, q.dtype)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             cache.k[:b, :, start_pos:start_pos + s] = k
@@ -173,6 +176,15 @@ class Attention(nn.Module):
         mask, is_causal = self._mask(s, k.shape[2], start_pos, x.device)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
         return self.wo(out.transpose(1, 2).reshape(b, s, -1))
+
+    def _rope(self, start_pos: int, length: int, device: torch.device, dtype: torch.dtype):
+        # A table read, not cos/sin recomputed: compiled, the table's arithmetic would be fused into the
+        # rotation and evaluated for every head (a tenth of a block's element-wise time on an H200).
+        table = self.rope_table
+        if table is not None and start_pos + length <= table[0].shape[0] and table[0].device == device:
+            return table[0][start_pos:start_pos + length].to(dtype), table[1][start_pos:start_pos + length].to(dtype)
+        return rope_cos_sin(torch.arange(start_pos, start_pos + length, device=device), self.head_dim,
+                            self.rope_theta, dtype)
 
     def _mask(self, q_len: int, kv_len: int, start_pos: int, device: torch.device):
         if not self.causal and not self.span:
@@ -345,6 +357,7 @@ class Transformer(nn.Module):
         check_supported(spec)
         self.spec = spec
         rows = max_positions or spec.seq_len
+        self.rope_rows = rows
         mods: dict[str, nn.Module] = {}
         for i, lay in enumerate(spec.layers):
             if lay.kind == "embedding":
@@ -418,6 +431,23 @@ def init_weights(model: Transformer, seed: int) -> None:
             emb_name = f"layers.{emb_key}.tok.weight"
             model.layers[head_key].proj.weight.copy_(_init_values(emb_name, tuple(model.layers[head_key].proj.weight.shape),
                                                                    seed, n_blocks, model.spec.layers[0]))
+    bind_rope_tables(model)
+
+
+def bind_rope_tables(model: Transformer) -> None:
+    """Give every rotary attention layer the (cos, sin) table of its head size, one table per size and device."""
+    tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+    for m in model.modules():
+        if not (isinstance(m, Attention) and m.rope):
+            continue
+        device = local(m.wqkv.weight).device
+        if device.type == "meta":
+            continue
+        key = (m.head_dim, m.rope_theta, model.rope_rows, device)
+        if key not in tables:
+            tables[key] = rope_cos_sin(torch.arange(model.rope_rows, device=device), m.head_dim, m.rope_theta,
+                                       torch.float32)
+        m.rope_table = tables[key]
 
 
 def _init_values(name: str, shape: tuple[int, ...], seed: int, n_blocks: int, lay: LayerSpec) -> torch.Tensor:
