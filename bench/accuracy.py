@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
 from costmodel.fitting import fit_params  # noqa: E402
-from validation import (AMP_BASE, AMP_FIT, HELM_BASE, HELM_FIT, MEGATRON_BASE, MEGATRON_FIT, amp_trials,  # noqa: E402
+from validation import (AMP_BASE, AMP_FIT, AMP_FIT_BOUNDS, HELM_BASE, HELM_FIT, MEGATRON_BASE, MEGATRON_FIT, amp_trials,  # noqa: E402
                         helm_models, megatron_runs, megatron_strategies, predict_amp, predict_helm,
                         predict_megatron, spearman)
 
@@ -67,7 +67,7 @@ def _fit_amp(trials, train_idx):
         t, _ = predict_amp([trials[i] for i in train_idx], params)
         return t
 
-    return fit_params(AMP_BASE, AMP_FIT, predict, measured, max_nfev=120)
+    return fit_params(AMP_BASE, AMP_FIT, predict, measured, bounds=AMP_FIT_BOUNDS, max_nfev=120)
 
 
 def amp_report() -> dict:

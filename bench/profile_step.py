@@ -30,7 +30,7 @@ def main() -> int:
     ap.add_argument("plan")
     ap.add_argument("out")
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--compile", nargs="?", const="blocks", default=None, choices=("blocks", "model"))
     ap.add_argument("--trace", action="store_true", help="also write the step's Chrome trace (trace_rank<R>.json.gz)")
     ap.add_argument("--rows", type=int, default=40, help="rows of each table")
     args = ap.parse_args()
@@ -46,7 +46,8 @@ def main() -> int:
     dist.init_process_group("nccl" if cuda else "gloo", timeout=_dt.timedelta(seconds=300),
                             rank=shape.rank_for_process(int(os.environ.get("RANK", "0"))), world_size=world)
     device = torch.device("cuda", local) if cuda else torch.device("cpu")
-    session = setup(plan, device=device, shape=shape, compile_blocks=args.compile)
+    session = setup(plan, device=device, shape=shape, compile_blocks=args.compile is not None,
+                    compile_scope=args.compile or "blocks")
     trainer = Trainer(session)
     for step in range(args.warmup):
         trainer.step(step)

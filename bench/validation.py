@@ -75,8 +75,14 @@ def amp_trials() -> list[AmpTrial]:
     return out
 
 
-def amp_workload(setting: str) -> cm.Training:
-    return cm.Training(global_batch=AMP_BATCH[setting], dtype="fp16")
+def amp_workload(setting: str, grad_dtype: str | None = None) -> cm.Training:
+    """fp16 compute. AMP's real runs all-reduced gradients in fp32 (examples/ds_config.json sets
+    "fp32_allreduce": true, so DeepSpeed casts its data-parallel buckets to fp32): predict_amp passes
+    grad_dtype=AMP_GRAD_DTYPE. The default (None: fp16) is what tests/test_amp_choice.py plans with."""
+    return cm.Training(global_batch=AMP_BATCH[setting], dtype="fp16", grad_dtype=grad_dtype)
+
+
+AMP_GRAD_DTYPE = "fp32"
 
 
 def predict_amp(trials: list[AmpTrial], params: CostParams) -> tuple[np.ndarray, np.ndarray]:
@@ -91,17 +97,28 @@ def predict_amp(trials: list[AmpTrial], params: CostParams) -> tuple[np.ndarray,
         model = get_model(amp_model_name(setting))
         cluster = amp_cluster(setting)
         ctx = CostContext(params=params, profiles={})
-        t, _, f = price_training(model, cluster, amp_workload(setting), ctx, [trials[i].strategy for i in idx])
+        t, _, f = price_training(model, cluster, amp_workload(setting, AMP_GRAD_DTYPE), ctx,
+                                 [trials[i].strategy for i in idx])
         time_s[idx] = t
         fits[idx] = f
     return time_s, fits
 
 
 # The software stack AMP ran (DeepSpeed + Megatron-LM 1.1.5, fp16, 2021-22): no flash attention, the causal
-# half of the score matrix computed, unfused elementwise kernels. Starting point for fitting.
-AMP_BASE = CostParams(flash_attention=False, causal_factor=1.0, dp_overlap=0.0)
+# half of the score matrix computed, unfused elementwise kernels, and no overlap of the data-parallel all-reduce
+# (DeepSpeed's pipeline engine reduces after the last micro-batch). Megatron 1.1.5 wraps every model-parallel
+# all-reduce in a timer that calls torch.cuda.synchronize() before and after (megatron/mpu/mappings.py, _reduce),
+# so each tensor-parallel collective also costs a host round trip: `tp_collective_overhead_s`.
+# The other values are only the fit's starting point: datasheet-plausible efficiencies for a T4 and a V100 and
+# about a millisecond for the overheads.
+AMP_BASE = CostParams(flash_attention=False, causal_factor=1.0, dp_overlap=0.0,
+                      gpu_gemm_efficiency=(("T4", 0.4), ("V100-SXM2-16GB", 0.7)), attention_efficiency=0.3,
+                      elementwise_factor=2.0, collective_efficiency=0.7, collective_latency_factor=5.0,
+                      tp_collective_overhead_s=1e-3)
 AMP_FIT = ("gpu_gemm_efficiency:T4", "gpu_gemm_efficiency:V100-SXM2-16GB", "attention_efficiency",
-           "elementwise_factor", "collective_efficiency", "collective_latency_factor")
+           "elementwise_factor", "collective_efficiency", "collective_latency_factor", "tp_collective_overhead_s")
+# bounds for constants that costmodel.fitting.BOUNDS does not list
+AMP_FIT_BOUNDS = {"tp_collective_overhead_s": (0.0, 0.01)}
 
 # --------------------------------------------------------------------------- Megatron
 

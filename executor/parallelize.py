@@ -628,11 +628,21 @@ def apply_fsdp(model: Transformer, experts: list[Experts], shape: RunShape, mesh
     fully_shard(model, mesh=meshes.dense_fsdp, reshard_after_forward=reshard, mp_policy=mp)
 
 
+COMPILE_SCOPES = ("blocks", "model")
+
+
 def build_parts(spec: ModelSpec, shape: RunShape, meshes: Meshes, *, seed: int, device: torch.device,
-                compute_dtype: torch.dtype, compile_blocks: bool | str = False) -> list[Part]:
-    """This rank's pipeline chunks, initialised from `seed` and parallelized per the shape
-    (`compile_blocks`: torch.compile each block in place, training only, as torchtitan does; True for the
-    default backend or a backend's name)."""
+                compute_dtype: torch.dtype, compile_blocks: bool | str = False,
+                compile_scope: str = "blocks") -> list[Part]:
+    """This rank's pipeline chunks, initialised from `seed` and parallelized per the shape.
+
+    `compile_blocks`: torch.compile for training (True for the default backend, or a backend's name), over
+    `compile_scope`: "blocks" compiles each block in place, as torchtitan does; "model" compiles each chunk
+    whole, one graph per micro-batch instead of one per block, which spares the host a guard check, a
+    subclass unwrap and a graph launch per block (what bounds a tensor-parallel step whose kernels are
+    short). Chunks wrapped per block by FSDP2 or whole-block recompute keep the per-block scope."""
+    if compile_scope not in COMPILE_SCOPES:
+        raise UnsupportedPlanError(f"compile scope {compile_scope!r}: use one of {', '.join(COMPILE_SCOPES)}")
     parts = []
     for stage in range(shape.num_stages):
         if shape.stage_owner(stage) != meshes.pp_rank:
@@ -656,20 +666,31 @@ def build_parts(spec: ModelSpec, shape: RunShape, meshes: Meshes, *, seed: int, 
                 _compile_blocks(model, compile_blocks)
             apply_recompute(model, shape.recompute)
             if compile_blocks and shape.recompute != "full":
-                _compile_blocks(model, compile_blocks)
+                if compile_scope == "model" and shape.dp == 1:
+                    _compile(model, compile_blocks)
+                else:
+                    _compile_blocks(model, compile_blocks)
             if shape.dp > 1:
                 apply_fsdp(model, experts, shape, meshes, compute_dtype)
         parts.append(Part(stage=stage, module=model, expert_modules=experts, tp_partial_grads=sums))
     return parts
 
 
-def _compile_blocks(model: Transformer, backend: bool | str) -> None:
+def _compile_kwargs(backend: bool | str) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"backend": backend} if isinstance(backend, str) else {}
-    if os.environ.get("PARPLAN_COMPILE_MODE"):  # e.g. "reduce-overhead" (CUDA graphs), "max-autotune"
+    if os.environ.get("PARPLAN_COMPILE_MODE"):  # e.g. "max-autotune-no-cudagraphs"
         kwargs["mode"] = os.environ["PARPLAN_COMPILE_MODE"]
+    return kwargs
+
+
+def _compile(model: nn.Module, backend: bool | str) -> None:
+    model.compile(**_compile_kwargs(backend))
+
+
+def _compile_blocks(model: Transformer, backend: bool | str) -> None:
     for layer in model.layers.values():
         if isinstance(_unwrap(layer), (Block, Head)):
-            layer.compile(**kwargs)
+            layer.compile(**_compile_kwargs(backend))
 
 
 def finalize_grads(parts: list[Part], shape: RunShape, meshes: Meshes) -> None:

@@ -124,7 +124,7 @@ def compute_dtype_for(plan: Any, device: torch.device) -> torch.dtype:
 
 
 def setup(plan: Any, *, seed: int = 0, device: torch.device | str = "cpu", shape: RunShape | None = None,
-          reuse_meshes: bool = False, compile_blocks: bool | str = False) -> Session:
+          reuse_meshes: bool = False, compile_blocks: bool | str = False, compile_scope: str = "blocks") -> Session:
     """Collective: build the meshes and this rank's parallelized chunks (`reuse_meshes`: share meshes with
     earlier setups of the same shape in this process)."""
     device = torch.device(device)
@@ -133,7 +133,7 @@ def setup(plan: Any, *, seed: int = 0, device: torch.device | str = "cpu", shape
     tied = plan.model.layers[-1].tied
     meshes = build_meshes(shape, device.type, tied=tied, reuse=reuse_meshes)
     parts = build_parts(plan.model, shape, meshes, seed=seed, device=device, compute_dtype=dtype,
-                        compile_blocks=compile_blocks)
+                        compile_blocks=compile_blocks, compile_scope=compile_scope)
     notes = []
     if not shape.training:
         if plan.strategy.sequence_parallel:
@@ -569,7 +569,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--backend", choices=("gloo", "nccl"), default=None, help="default: nccl on cuda, gloo on cpu")
     ap.add_argument("--pg-timeout-s", type=float, default=None,
                     help="process-group timeout (default 30 s on CPU, 300 s on GPU): a stuck collective fails then")
-    ap.add_argument("--compile", action="store_true", help="torch.compile each transformer block (training)")
+    ap.add_argument("--compile", nargs="?", const="blocks", default=None, choices=("blocks", "model"),
+                    help="torch.compile for training: each transformer block (default), or each pipeline chunk whole "
+                         "(one graph per micro-batch; layouts with data parallelism compile per block)")
     ap.add_argument("--checkpoint-dir", default=None, help="save distributed checkpoints under this directory")
     ap.add_argument("--checkpoint-every", type=int, default=None,
                     help="steps between checkpoints (default: the plan's checkpoint_interval_steps; 0: last step only)")
@@ -641,7 +643,8 @@ def _main(argv: list[str] | None = None) -> int:
                             world_size=world_size)
     # on an error the process exits without tearing the group down: peers fail fast on the closed
     # connections (or at the timeout) instead of waiting in a shutdown handshake
-    session = setup(plan, seed=args.seed, device=device, shape=shape, compile_blocks=args.compile)
+    session = setup(plan, seed=args.seed, device=device, shape=shape, compile_blocks=args.compile is not None,
+                    compile_scope=args.compile or "blocks")
     if args.compile:
         session.notes.append("transformer blocks compiled with torch.compile")
     session.notes.extend(resume_notes)

@@ -98,6 +98,10 @@ def cases_for(world: int) -> list[dict]:
             st = {"tp": 2, "micro_batch": 2, "sequence_parallel": True, "recompute": "selective"}
             cases.append(dict(_case(model, st, TRAIN), id=f"train-{model}-tp2-sp-selective-compiled",
                               compile="aot_eager"))
+        # each pipeline chunk compiled whole (one graph over embedding, blocks and head)
+        for st in ({"tp": 2, "micro_batch": 2}, {"pp": 2, "micro_batch": 2}):
+            cases.append(dict(_case("dense", st, TRAIN), id=f"train-dense-{'tp2' if 'tp' in st else 'pp2'}-model-compiled",
+                              compile="aot_eager", compile_scope="model"))
     # inference: greedy tokens must match exactly
     for model in ("dense", "moe", "gpt2"):
         for tp, pp, dp in factorizations(world):

@@ -77,7 +77,7 @@ def main() -> None:
         res = {"id": case["id"]}
         try:
             session = setup(plan, seed=seed, device="cpu", shape=shape, reuse_meshes=True,
-                            compile_blocks=case.get("compile", False))
+                            compile_blocks=case.get("compile", False), compile_scope=case.get("compile_scope", "blocks"))
             if isinstance(wl, Training):
                 out = train(session, steps, cfg=cfg, capture_grads=True)
                 params = full_state(session.parts, shape, session.meshes)
