@@ -45,6 +45,7 @@ from hardware_profiles.errors import ParplanError
 from hardware_profiles.fileio import write_text_atomic
 
 from .check import canonical_name
+from .parallelize import drop_weight_casts
 
 try:  # torch >= 2.5
     from torch.distributed.tensor import DTensor, Replicate, Shard
@@ -386,6 +387,7 @@ class Checkpointing:
             return 0
         t0 = time.perf_counter()
         step = load(self.resume, session, optimizer)
+        drop_weight_casts(p.module for p in session.parts)  # the loaded weights replace the ones any copy was made of
         self.load_s = time.perf_counter() - t0
         return step
 

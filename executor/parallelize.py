@@ -56,7 +56,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -341,22 +341,35 @@ class TPLinear(Linear):
         """The local weight shard; under autocast, its low-precision copy made once per optimizer step.
 
         Autocast caches the casts of leaf parameters, but a DTensor's local shard is not a leaf, so without
-        this every micro-batch would cast every weight again (a kernel and host work per linear layer). The
-        copy is keyed by the parameter's version, which the optimizer's in-place update bumps; micro-batches of
-        one step share its autograd path back to the parameter (that path saves no tensors, so each backward
-        may run it)."""
+        this every micro-batch would cast every weight again (a kernel and host work per linear layer).
+        Micro-batches of one step share the copy's autograd path back to the parameter (that path saves no
+        tensors, so each backward may run it). The copy is dropped by `drop_weight_casts`, which the
+        executor's optimizer runs after every step (`track_weight_updates`): no version counter can tell,
+        since foreach and fused optimizers update a DTensor's shards without bumping one."""
         w = self.weight
         dev = x.device.type
         if (not isinstance(w, DTensor) or not torch.is_autocast_enabled(dev) or not torch.is_grad_enabled()
                 or torch.compiler.is_compiling()):
             return local(w)
         dtype = torch.get_autocast_dtype(dev)
-        key = (id(w), w._version, dtype)  # in-place updates bump the DTensor's counter, not its shard's
         cached = self.__dict__.get("_cast_cache")
-        if cached is None or cached[0] != key:
-            cached = (key, local(w).to(dtype))
+        if cached is None or cached[0] != (id(w), dtype):
+            cached = ((id(w), dtype), local(w).to(dtype))
             self.__dict__["_cast_cache"] = cached
         return cached[1]
+
+
+def drop_weight_casts(modules: Iterable[nn.Module]) -> None:
+    """Forget the low-precision weight copies of `TPLinear._local_weight`: after any in-place weight change."""
+    for module in modules:
+        for m in module.modules():
+            m.__dict__.pop("_cast_cache", None)
+
+
+def track_weight_updates(optimizer: torch.optim.Optimizer, modules: Sequence[nn.Module]) -> torch.optim.Optimizer:
+    """Drop the weight copies of `modules` after each step of `optimizer`."""
+    optimizer.register_step_post_hook(lambda *_: drop_weight_casts(modules))
+    return optimizer
 
 
 class VocabParallelEmbedding(nn.Embedding):

@@ -45,7 +45,7 @@ from hardware_profiles.fileio import write_text_atomic
 from .check import RunShape, validate
 from .errors import UnsupportedPlanError
 from .parallelize import (Meshes, Part, build_meshes, build_parts, build_schedule, finalize_grads, full_state,
-                          maybe_autocast, set_grad_sync)
+                          maybe_autocast, set_grad_sync, track_weight_updates)
 
 REPORT_SCHEMA = "parplan.run"
 REPORT_SCHEMA_VERSION = 1
@@ -157,8 +157,9 @@ def make_optimizer(session: Session, cfg: OptimConfig) -> torch.optim.Optimizer:
         groups.setdefault(id(getattr(p, "device_mesh", None)), []).append(p)
     # fused: one kernel per parameter chunk on GPU (the foreach path runs ~10 passes over the fp32 state)
     fused = session.device.type == "cuda"
-    return torch.optim.AdamW([{"params": ps} for ps in groups.values()], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                             eps=cfg.eps, weight_decay=cfg.weight_decay, fused=fused or None)
+    opt = torch.optim.AdamW([{"params": ps} for ps in groups.values()], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                            eps=cfg.eps, weight_decay=cfg.weight_decay, fused=fused or None)
+    return track_weight_updates(opt, [p.module for p in session.parts])
 
 
 @dataclass

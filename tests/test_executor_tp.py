@@ -183,9 +183,18 @@ def test_autocast_casts_each_tp_weight_once_per_optimizer_step_with_the_same_gra
     assert linears == 4 and uncached_casts.count - cached_casts.count == linears  # third micro-batch: no weight casts
     for a, b in zip(out_a + grads_a, out_b + grads_b):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-    with torch.no_grad():  # an optimizer step updates the shards in place: the next micro-batch sees it
-        for p in block.parameters():
-            p.add_(0.01)
+    # an optimizer step updates the shards in place (foreach and fused kernels bump no version counter, so
+    # only the step hook can tell): the next micro-batch sees the new weights
+    for kw in ({"foreach": True}, {"fused": True}):
+        before, _ = _accumulate(block, xs[:1])
+        groups = [[p for p in block.parameters() if isinstance(p, DTensor) == d] for d in (True, False)]
+        par.track_weight_updates(torch.optim.AdamW([{"params": g} for g in groups], lr=0.05, **kw), [block]).step()
+        after, _ = _accumulate(block, xs[:1])
+        with monkeypatch.context() as m:
+            m.setattr(par.TPLinear, "_local_weight", lambda self, x: local(self.weight))
+            fresh, _ = _accumulate(block, xs[:1])
+        torch.testing.assert_close(after[0], fresh[0], rtol=0, atol=0)
+        assert not torch.equal(after[0], before[0]), kw
     out_c, _ = _accumulate(block, xs[:1])
     with monkeypatch.context() as m:
         m.setattr(par.TPLinear, "_local_weight", lambda self, x: local(self.weight))
