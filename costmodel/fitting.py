@@ -33,6 +33,7 @@ BOUNDS: Mapping[str, tuple[float, float]] = {
     "collective_latency_factor": (0.1, 2000.0),
     "dp_overlap": (0.0, 1.0),
     "tp_overlap": (0.0, 0.9),
+    "tp_collective_overhead_s": (0.0, 0.01),
     "step_overhead_s": (0.0, 10.0),
     "microbatch_overhead_s": (0.0, 0.1),
     "host_layer_s": (0.0, 0.1),

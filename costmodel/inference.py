@@ -10,7 +10,6 @@ previous one to leave the last stage.
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
@@ -45,6 +44,53 @@ def _costs(model: ModelSpec, links: StageLinks, s: Strategy, w: Inference, ctx: 
     return [per_class[i] for i in index]
 
 
+_NO_LIMIT = 2 ** 31 - 1
+
+
+def max_sequences(weight_bytes: np.ndarray, kv_bytes_per_seq: np.ndarray, budget_bytes: np.ndarray,
+                  members: list[list[int]] | None = None) -> int:
+    """The most sequences one replica's KV cache holds: layer i needs weight_bytes[i] + n x kv_bytes_per_seq[i],
+    stage j has budget_bytes[j]. With `members` the split is fixed; without, the best contiguous split for
+    the cache is taken (the planner re-splits for a batch), so more memory never lowers the figure."""
+    def fits(n: int) -> bool:
+        need = weight_bytes + n * kv_bytes_per_seq
+        if members is not None:
+            return all(need[idx].sum() <= budget_bytes[j] for j, idx in enumerate(members))
+        return _split_fits(need, budget_bytes)
+
+    if not fits(0):
+        return 0
+    if not (kv_bytes_per_seq > 0).any():
+        return _NO_LIMIT
+    lo, hi = 0, 1
+    while fits(hi):
+        lo, hi = hi, hi * 2
+        if hi > _NO_LIMIT:
+            return _NO_LIMIT
+    while hi - lo > 1:  # fits(lo), not fits(hi)
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+def _split_fits(need: np.ndarray, budget: np.ndarray) -> bool:
+    """Whether layers of sizes `need`, in order, fill len(budget) contiguous non-empty stages, stage j within
+    budget[j]: the positions reachable after each stage, as a boolean array over layer boundaries."""
+    L = len(need)
+    prefix = np.concatenate([[0.0], np.cumsum(need)])
+    reach = np.zeros(L + 1, dtype=bool)
+    reach[0] = True
+    for cap in budget:
+        starts = np.flatnonzero(reach)
+        ends = np.searchsorted(prefix, prefix[starts] + cap, side="right") - 1  # the furthest end from each start
+        ok = ends > starts
+        diff = np.zeros(L + 2, dtype=np.int64)
+        np.add.at(diff, starts[ok] + 1, 1)
+        np.add.at(diff, ends[ok] + 1, -1)
+        reach = np.cumsum(diff)[:L + 1] > 0
+    return bool(reach[L])
+
+
 def _weighted_breakdown(weights: np.ndarray, compute: np.ndarray, comm: np.ndarray, p2p: np.ndarray
                         ) -> dict[str, float]:
     return {"compute_s": float(weights @ compute), "tp_comm_s": float(weights @ comm), "pp_comm_s": float(weights @ p2p)}
@@ -65,7 +111,9 @@ def estimate_inference(model: ModelSpec, cluster: Cluster, strategy: Strategy, w
     kvb = _BYTES[w.kv_dtype or w.dtype]
     pre = [_costs(model, links[j], s, w, ctx, decode=False, mb=mb) for j in range(pp)]
     dec = [_costs(model, links[j], s, w, ctx, decode=True, mb=mb) for j in range(pp)]
-    t_pre = np.array([[c.compute_s + c.tp_comm_s for c in cj] for cj in pre])
+    # the split balances compute only: then it does not move when a link gets faster, and every priced term
+    # of a fixed split falls with bandwidth, so a faster network is never slower
+    t_pre = np.array([[c.compute_s for c in cj] for cj in pre])
     params_local = np.array([c.params_local for c in pre[0]])
     ctx_len = w.prompt_tokens + w.output_tokens
     kv_seq = np.array([kv_cache_bytes_per_token(lay, kvb) * ctx_len / s.tp for lay in model.layers])  # per sequence
@@ -82,14 +130,10 @@ def estimate_inference(model: ModelSpec, cluster: Cluster, strategy: Strategy, w
     if s.stages is not None:
         cuts = s.stages
     else:
-        out_cost = np.zeros((pp, L + 1))
-        for j in range(pp - 1):
-            out_cost[j, 1:] = p2p_s(act_bytes, links[j].next_bw_gbps * prm.collective_efficiency,
-                                    links[j].next_latency_s)
-        res = partition(t_pre, weight=float(max(m - 1, 0)), out_cost=out_cost, layer_mem=layer_mem,
-                        mem_fixed=np.full(pp, reserved), mem_cap=caps)
+        res = partition(t_pre, weight=float(max(m - 1, 0)), layer_mem=layer_mem, mem_fixed=np.full(pp, reserved),
+                        mem_cap=caps)
         if not res.feasible:
-            res = partition(t_pre, weight=float(max(m - 1, 0)), out_cost=out_cost)
+            res = partition(t_pre, weight=float(max(m - 1, 0)))
         cuts = res.boundaries if res.feasible else even_partition(L, pp)
     members = [list(range(cuts[j], cuts[j + 1])) for j in range(pp)]
 
@@ -135,11 +179,12 @@ def estimate_inference(model: ModelSpec, cluster: Cluster, strategy: Strategy, w
     over = stage_mem - caps
     fits = bool((over <= 0).all())
     worst, fullest = int(np.argmax(over)), int(np.argmax(stage_mem))
-    free = np.array([caps[j] - stage_terms[j]["weights"] - reserved for j in range(pp)])
-    kv_per_seq = np.array([float(kv_seq[members[j]].sum()) for j in range(pp)])
-    with np.errstate(divide="ignore"):
-        per_rep_max = np.floor(np.where(kv_per_seq > 0, free / np.maximum(kv_per_seq, 1e-30), np.inf)).min()
-    max_batch = int(max(per_rep_max, 0) * dp) if math.isfinite(per_rep_max) else 2 ** 31 - 1
+    if s.stages is not None:
+        fixed_members: list[list[int]] | None = members
+    else:
+        fixed_members = None
+    per_rep_max = max_sequences(params_local * b, kv_seq, caps - reserved, fixed_members)
+    max_batch = min(per_rep_max * dp, 2 ** 31 - 1)
 
     price = [g.price_usd_per_hour for g in cluster.gpus]
     cost = runtime / 3600.0 * sum(price) if all(p is not None for p in price) else None

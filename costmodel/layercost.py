@@ -159,7 +159,7 @@ def layer_train_cost(lay: LayerSpec, dev: DevicePerf, par: Parallel, params: Cos
         n_ar = 1.0  # vocab-parallel lookup combines partial rows
     else:
         n_ar = 1.0  # input gradient of the vocab-parallel head
-    tp_comm = n_ar * ar * (1.0 - params.tp_overlap)
+    tp_comm = n_ar * (ar * (1.0 - params.tp_overlap) + (params.tp_collective_overhead_s if par.tp > 1 else 0.0))
     ep_comm = 0.0
     if lay.is_moe and par.ep > 1 and par.ep_mode == "dp":
         a2a_bytes = rows * lay.top_k * lay.dispatch_dim * b / (par.tp if par.sp else 1)

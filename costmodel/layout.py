@@ -9,8 +9,8 @@ sends of one boundary run together.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 
@@ -49,57 +49,109 @@ class _ClusterArrays:
     fabric_lat: np.ndarray
     net_bw: np.ndarray
     net_lat: float
-    gpu_of: tuple[GPUSpec, ...]
+    type_of_gpu: np.ndarray  # index into `types` of every GPU
+    types: tuple[GPUSpec, ...]  # the distinct GPU specs, in order of first appearance
 
 
-@lru_cache(maxsize=64)
+class _PerCluster:
+    """Memo tables keyed by cluster identity. Hashing a frozen `Cluster` walks every node (about a millisecond
+    at 2,048 nodes), so lookups go by id(); a weak reference guards against a reused id."""
+
+    def __init__(self, max_clusters: int = 64) -> None:
+        self._tables: dict[int, tuple[weakref.ref, dict]] = {}
+        self._max = max_clusters
+
+    def table(self, cluster: Cluster) -> dict:
+        entry = self._tables.get(id(cluster))
+        if entry is None or entry[0]() is not cluster:
+            if len(self._tables) >= self._max:
+                self._tables.clear()
+            entry = self._tables[id(cluster)] = (weakref.ref(cluster), {})
+        return entry[1]
+
+    def clear(self) -> None:
+        self._tables.clear()
+
+
+_MEMO = _PerCluster()
+
+
+def clear_caches() -> None:
+    """Forget every cluster's resolved layouts (benchmarks time searches cold)."""
+    _MEMO.clear()
+
+
 def _arrays(cluster: Cluster) -> _ClusterArrays:
+    table = _MEMO.table(cluster)
+    arr = table.get("arrays")
+    if arr is None:
+        arr = table["arrays"] = _cluster_arrays(cluster)
+    return arr
+
+
+def _cluster_arrays(cluster: Cluster) -> _ClusterArrays:
+    type_ids: dict[GPUSpec, int] = {}
+    node_type = [type_ids.setdefault(n.gpu, len(type_ids)) for n in cluster.nodes]
+    node_of_gpu = np.asarray(cluster.node_index, dtype=np.int64)
     return _ClusterArrays(
-        node_of_gpu=np.asarray(cluster.node_index, dtype=np.int64),
+        node_of_gpu=node_of_gpu,
         fabric_bw=np.array([n.fabric.bandwidth_gbps for n in cluster.nodes], dtype=float),
         fabric_lat=np.array([n.fabric.latency_s for n in cluster.nodes], dtype=float),
         net_bw=np.array([n.network_gbps for n in cluster.nodes], dtype=float),
         net_lat=float(cluster.network.latency_s),
-        gpu_of=cluster.gpus,
+        type_of_gpu=np.asarray(node_type, dtype=np.int64)[node_of_gpu],
+        types=tuple(type_ids),
     )
 
 
-def _groups_bandwidth(arr: _ClusterArrays, groups: np.ndarray, stage_of_group: np.ndarray, num_stages: int
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _row_min(x: np.ndarray) -> np.ndarray:
+    """Minimum of each row; column by column when rows are short (numpy reduces a short axis slowly)."""
+    return np.minimum.reduce(list(x.T)) if x.shape[1] <= 8 else x.min(axis=1)
+
+
+def _row_max(x: np.ndarray) -> np.ndarray:
+    return np.maximum.reduce(list(x.T)) if x.shape[1] <= 8 else x.max(axis=1)
+
+
+def _groups_bandwidth(arr: _ClusterArrays, groups: np.ndarray, num_stages: int, *, rows_sorted: bool = False,
+                      share_by_stage: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Bottleneck bandwidth, latency and in-node flag per stage for a batch of concurrent groups.
 
-    groups: (G, S) GPU indices. Returns arrays of length num_stages (min bandwidth, max latency over the
-    stage's groups; whether all of them stay inside one node).
+    groups: (G, S) GPU indices, the groups of stage j in rows [j G / num_stages, (j + 1) G / num_stages).
+    Returns arrays of length num_stages (min bandwidth, max latency over the stage's groups; whether all of
+    them stay inside one node). Groups that leave a node share its network with the other leaving groups
+    (of the same stage, with `share_by_stage`). `rows_sorted`: every row's GPU indices increase (the default
+    placement), so its nodes are already in order.
     """
     G, S = groups.shape
-    bw_stage = np.full(num_stages, np.inf)
-    lat_stage = np.zeros(num_stages)
-    in_node = np.ones(num_stages, dtype=bool)
     if S < 2 or G == 0:
-        return bw_stage, lat_stage, in_node
-    nodes = arr.node_of_gpu[groups]  # (G, S)
-    sorted_nodes = np.sort(nodes, axis=1)
+        return np.full(num_stages, np.inf), np.zeros(num_stages), np.ones(num_stages, dtype=bool)
+    nodes = arr.node_of_gpu[groups]
+    if rows_sorted:  # node indices never decrease with the GPU index
+        sorted_nodes = nodes
+    elif S == 2:
+        sorted_nodes = np.stack([np.minimum(nodes[:, 0], nodes[:, 1]), np.maximum(nodes[:, 0], nodes[:, 1])], axis=1)
+    else:
+        sorted_nodes = np.sort(nodes, axis=1)  # (G, S)
     spans = sorted_nodes[:, 0] != sorted_nodes[:, -1]
     # fabric hop: a node holding >= 2 members of the group
     dup = sorted_nodes[:, 1:] == sorted_nodes[:, :-1]
-    fab = np.where(dup, arr.fabric_bw[sorted_nodes[:, 1:]], np.inf).min(axis=1)
-    fab_lat = np.where(dup, arr.fabric_lat[sorted_nodes[:, 1:]], 0.0).max(axis=1)
-    bw = fab.copy()
-    lat = fab_lat.copy()
+    bw = _row_min(np.where(dup, arr.fabric_bw[sorted_nodes[:, 1:]], np.inf))
+    lat = _row_max(np.where(dup, arr.fabric_lat[sorted_nodes[:, 1:]], 0.0))
     if spans.any():
-        # how many spanning groups touch each node (they share its network)
-        g_idx = np.repeat(np.arange(G), S)
-        pairs = np.unique(np.stack([g_idx, nodes.ravel()], axis=1)[np.repeat(spans, S)], axis=0)
-        sharing = np.bincount(pairs[:, 1], minlength=len(arr.net_bw))
-        per_pair = arr.net_bw[pairs[:, 1]] / np.maximum(sharing[pairs[:, 1]], 1)
-        net = np.full(G, np.inf)
-        np.minimum.at(net, pairs[:, 0], per_pair)
+        # how many spanning groups (of the same sharing set) touch each node: they share its network
+        num_nodes = len(arr.net_bw)
+        sets = np.repeat(np.arange(num_stages), G // num_stages) if share_by_stage else np.zeros(G, dtype=np.int64)
+        slot = sets[:, None] * num_nodes + sorted_nodes  # (set, node) of every member
+        first = np.ones((G, S), dtype=bool)
+        first[:, 1:] = ~dup
+        sharing = np.bincount(slot[first & spans[:, None]], minlength=(int(sets[-1]) + 1) * num_nodes)
+        # a spanning group's members cover exactly its nodes, so the minimum over members is over its nodes
+        net = np.where(spans, _row_min(arr.net_bw[sorted_nodes] / np.maximum(sharing[slot], 1)), np.inf)
         bw = np.minimum(bw, net)
-        lat = np.where(spans, np.maximum(lat, arr.net_lat + arr.fabric_lat[nodes].max(axis=1)), lat)
-    np.minimum.at(bw_stage, stage_of_group, bw)
-    np.maximum.at(lat_stage, stage_of_group, lat)
-    np.logical_and.at(in_node, stage_of_group, ~spans)
-    return bw_stage, lat_stage, in_node
+        lat = np.where(spans, np.maximum(lat, arr.net_lat + _row_max(arr.fabric_lat[sorted_nodes])), lat)
+    per_stage = (num_stages, G // num_stages)
+    return bw.reshape(per_stage).min(axis=1), lat.reshape(per_stage).max(axis=1), (~spans).reshape(per_stage).all(axis=1)
 
 
 def resolve_layout(cluster: Cluster, strategy: Strategy, dtype: str) -> tuple[StageLinks, ...]:
@@ -107,37 +159,51 @@ def resolve_layout(cluster: Cluster, strategy: Strategy, dtype: str) -> tuple[St
     return _resolve(cluster, s.tp, s.pp, s.dp, s.ep, s.ep_mode, s.placement, dtype)
 
 
-@lru_cache(maxsize=4096)
 def _resolve(cluster: Cluster, tp: int, pp: int, dp: int, ep: int, ep_mode: str, placement: tuple[int, ...] | None,
              dtype: str) -> tuple[StageLinks, ...]:
+    table = _MEMO.table(cluster)
+    key = (tp, pp, dp, ep, ep_mode, placement, dtype)
+    links = table.get(key)
+    if links is None:
+        if len(table) > 4096:
+            table.clear()
+        links = table[key] = _resolve_uncached(cluster, tp, pp, dp, ep, ep_mode, placement, dtype)
+    return links
+
+
+def _resolve_uncached(cluster: Cluster, tp: int, pp: int, dp: int, ep: int, ep_mode: str,
+                      placement: tuple[int, ...] | None, dtype: str) -> tuple[StageLinks, ...]:
     arr = _arrays(cluster)
     n = pp * dp * tp
     placement = np.arange(n) if placement is None else np.asarray(placement)
     mesh = placement.reshape(pp, dp, tp)  # GPU index of (stage, replica, tp rank)
     stage_ids = np.arange(pp)
+    ordered = placement is None
     # tensor-parallel groups: (pp*dp, tp)
-    tp_bw, tp_lat, tp_in = _groups_bandwidth(arr, mesh.reshape(pp * dp, tp), np.repeat(stage_ids, dp), pp)
+    tp_bw, tp_lat, tp_in = _groups_bandwidth(arr, mesh.reshape(pp * dp, tp), pp, rows_sorted=ordered)
     # data-parallel groups: (pp*tp, dp), all stages at once
     dp_groups = mesh.transpose(0, 2, 1).reshape(pp * tp, dp)
-    dp_bw, dp_lat, dp_in = _groups_bandwidth(arr, dp_groups, np.repeat(stage_ids, tp), pp)
+    dp_bw, dp_lat, dp_in = _groups_bandwidth(arr, dp_groups, pp, rows_sorted=ordered)
     # expert-parallel groups
     if ep > 1 and ep_mode == "dp":
         g = mesh.reshape(pp, dp // ep, ep, tp).transpose(0, 1, 3, 2).reshape(pp * (dp // ep) * tp, ep)
-        ep_bw, ep_lat, _ = _groups_bandwidth(arr, g, np.repeat(stage_ids, (dp // ep) * tp), pp)
+        ep_bw, ep_lat, _ = _groups_bandwidth(arr, g, pp, rows_sorted=ordered)
     elif ep > 1:
         g = mesh.reshape(pp, dp, tp // ep, ep).reshape(pp * dp * (tp // ep), ep)
-        ep_bw, ep_lat, _ = _groups_bandwidth(arr, g, np.repeat(stage_ids, dp * (tp // ep)), pp)
+        ep_bw, ep_lat, _ = _groups_bandwidth(arr, g, pp, rows_sorted=ordered)
     else:
         ep_bw, ep_lat = np.full(pp, np.inf), np.zeros(pp)
-    # stage-to-stage pairs at each boundary
+    # stage-to-stage pairs: the sends of one boundary run together, boundaries apart
     nb_bw, nb_lat = np.full(pp, np.inf), np.zeros(pp)
-    for j in range(pp - 1):
-        pairs = np.stack([mesh[j].ravel(), mesh[j + 1].ravel()], axis=1)
-        bw, lat, _ = _groups_bandwidth(arr, pairs, np.zeros(len(pairs), dtype=np.int64), 1)
-        nb_bw[j], nb_lat[j] = bw[0], lat[0]
+    if pp > 1:
+        pairs = np.stack([mesh[:-1].reshape(pp - 1, -1), mesh[1:].reshape(pp - 1, -1)], axis=2).reshape(-1, 2)
+        nb_bw[:-1], nb_lat[:-1], _ = _groups_bandwidth(arr, pairs, pp - 1, rows_sorted=ordered, share_by_stage=True)
+    # GPU types present on each stage
+    present = np.zeros((pp, len(arr.types)), dtype=bool)
+    present[np.repeat(stage_ids, dp * tp), arr.type_of_gpu[mesh.reshape(-1)]] = True
     out = []
     for j in range(pp):
-        gpus = {arr.gpu_of[g] for g in mesh[j].ravel()}
+        gpus = [arr.types[t] for t in np.flatnonzero(present[j])]
         slow = min(gpus, key=lambda s: (_rate(s, dtype), s.memory_bandwidth_gbps))
         out.append(StageLinks(
             gpu=slow, memory_bytes=min(s.memory_bytes for s in gpus), num_gpu_types=len(gpus),

@@ -45,6 +45,10 @@ class CostParams:
     dp_overlap: float = 0.80
     # share of tensor-parallel collectives hidden behind compute (0 = Megatron default, none)
     tp_overlap: float = 0.0
+    # fixed cost of each tensor-parallel collective beyond its alpha-beta time: the host waits for the device
+    # around it (stacks that time or synchronise each model-parallel all-reduce, as Megatron-LM 1.x's timers do),
+    # so the GPU idles while the host catches up. 0 = the host stays ahead
+    tp_collective_overhead_s: float = 0.0
     # memory: usable share of device memory, fixed reserve (CUDA context, NCCL/cuBLAS workspaces), and the
     # multiplier on counted activations for allocator fragmentation and temporaries
     memory_usable_fraction: float = 0.95

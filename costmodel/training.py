@@ -26,6 +26,7 @@ import numpy as np
 
 from hardware_profiles.topology import Cluster
 
+from .bottleneck import least_feasible_threshold
 from .comm import all_gather_s, all_reduce_s, p2p_s, reduce_scatter_s
 from .pricing import CostContext, Estimate, StageEstimate
 from .layercost import Parallel, layer_train_cost, token_count
@@ -200,7 +201,8 @@ class StageBatch:
 
 
 def _uniform_cuts(T: np.ndarray, extra: np.ndarray, num_blocks: int) -> np.ndarray:
-    """Exact bottleneck split of [embed, N blocks, head] for G groups at once, by bisection on the stage time.
+    """Exact bottleneck split of [embed, N blocks, head] for G groups at once, from the least feasible stage time
+    (`least_feasible_threshold`).
 
     T: (G, p, 3) stage-device time of (embedding, block, head); extra: (G, p) constant per-stage cost."""
     G, p, _ = T.shape
@@ -215,18 +217,7 @@ def _uniform_cuts(T: np.ndarray, extra: np.ndarray, num_blocks: int) -> np.ndarr
     if p == 1:
         return np.tile(np.array([0, N + 2]), (G, 1))
     c_safe = np.maximum(c, 1e-300)[:, None]
-
-    def feasible(t: np.ndarray) -> np.ndarray:
-        kmax = np.floor((t[:, None] - base) / c_safe + 1e-9)
-        return (kmax >= lo).all(axis=1) & (np.minimum(kmax, N).sum(axis=1) >= N)
-
-    hi = base.max(axis=1) + N * c
-    low = np.maximum(base.max(axis=1), 0.0) * 0.0
-    for _ in range(52):  # hi - low ends below 1e-15 of the range: the split found is the optimum
-        mid = 0.5 * (low + hi)
-        ok = feasible(mid)
-        hi = np.where(ok, mid, hi)
-        low = np.where(ok, low, mid)
+    hi = least_feasible_threshold(base, c[:, None], lo, N)
     kmax = np.minimum(np.floor((hi[:, None] - base) / c_safe + 1e-9), N)
     k = np.zeros((G, p))
     left = np.full(G, float(N))
@@ -278,16 +269,7 @@ def _uniform_cuts_mixed(T: np.ndarray, extra: np.ndarray, num_blocks: int, weigh
     lo[0] = lo[-1] = 0
     order = np.argsort(c, axis=1)
     inv = np.argsort(order, axis=1)
-    # least feasible bottleneck t*, by bisection
-    hi = (base + N * c).max(axis=1)
-    low = np.zeros(G)
-    c_safe = np.maximum(c, 1e-300)
-    for _ in range(52):
-        mid = 0.5 * (low + hi)
-        kmax = np.minimum(np.floor((mid[:, None] - base) / c_safe + 1e-9), N)
-        ok = (kmax >= lo).all(axis=1) & (kmax.sum(axis=1) >= N)
-        hi = np.where(ok, mid, hi)
-        low = np.where(ok, low, mid)
+    hi = least_feasible_threshold(base, c, lo, N)  # just above the least feasible bottleneck t*
     k_star, _ = _greedy_fill(hi[:, None], base, c, lo, N, order, inv)
     times = base + k_star[:, 0] * c
     t_star = times.max(axis=1)
@@ -305,11 +287,16 @@ def _uniform_cuts_mixed(T: np.ndarray, extra: np.ndarray, num_blocks: int, weigh
     cand = (base[:, :, None] + (k0[:, :, None] + steps) * c[:, :, None]).reshape(G, -1)
     cand = np.concatenate([t_star[:, None], cand], axis=1)
     beyond = (base + (k0 + per_stage_thresholds) * c <= t_hi[:, None] * (1 + 1e-12)).any(axis=1)
-    cand = np.where(cand <= t_hi[:, None] * (1 + 1e-12), cand, t_star[:, None])
-    k, ok = _greedy_fill(cand, base, c, lo, N, order, inv)
-    tm = base[:, None, :] + k * c[:, None, :]
-    obj = np.where(ok, weight[:, None] * tm.max(axis=2) + tm.sum(axis=2), np.inf)
-    kb = k[np.arange(G), np.argmin(obj, axis=1)]
+    inside = cand <= t_hi[:, None] * (1 + 1e-12)
+    inside[:, 0] = True
+    gi, ci = np.nonzero(inside)  # only the candidates inside the interval need a fill
+    k, ok = _greedy_fill(cand[gi, ci][:, None], base[gi], c[gi], lo, N, order[gi], inv[gi])
+    tm = base[gi] + k[:, 0] * c[gi]
+    obj = np.full(cand.shape, np.inf)
+    obj[gi, ci] = np.where(ok[:, 0], weight[gi] * tm.max(axis=1) + tm.sum(axis=1), np.inf)
+    best = np.argmin(obj, axis=1)
+    rows = np.arange(G)
+    kb = k[np.searchsorted(gi, rows) + np.cumsum(inside, axis=1)[rows, best] - 1, 0]
     kb = np.where((weight <= 0)[:, None], k_inf[:, 0], kb)  # A = 0: only the total counts
     wide = np.flatnonzero(beyond & (weight > 0))
     for start in range(0, len(wide), max(1, 2_000_000 // max(p * p * (N + 1), 1))):  # every value, in chunks
@@ -385,6 +372,38 @@ def _class_params_cached(model: ModelSpec, s: Strategy, seq: int, ctx: CostConte
     return out
 
 
+def _cost_requests(strategies: Sequence[Strategy], infos: Sequence[_LayoutInfo], p: int
+                   ) -> tuple[list[tuple[StageLinks, Strategy]], np.ndarray]:
+    """One cost request per distinct (stage devices, tp, ep, SP, recompute, micro-batch), and the request of
+    each (strategy, stage): (G, p)."""
+    requests, req_of = [], {}
+    ridx = np.zeros((len(strategies), p), dtype=np.int64)
+    for g, (s, info) in enumerate(zip(strategies, infos)):
+        base = (s.tp, s.ep, s.ep_mode, s.sequence_parallel, s.recompute, s.micro_batch)
+        for d, mask, first in info.dev_groups:
+            key = (d,) + base
+            r = req_of.get(key)
+            if r is None:
+                r = req_of[key] = len(requests)
+                requests.append((info.links[first], s))
+            ridx[g, mask] = r
+    return requests, ridx
+
+
+def prime_class_costs(model: ModelSpec, cluster: Cluster, workload: Training, ctx: CostContext,
+                      strategies: Sequence[Strategy]) -> None:
+    """Price the layer classes of every strategy of a search in one `class_cost_table` call, so the later
+    per-bucket calls find them in the memo: one vectorised call per layer class and (devices, tp, ep, SP,
+    recompute) covers every micro-batch size of the whole search."""
+    requests: dict[tuple, tuple[StageLinks, Strategy]] = {}
+    for s in strategies:
+        info = _layout_info(cluster, s, workload, ctx)
+        base = (s.tp, s.ep, s.ep_mode, s.sequence_parallel, s.recompute, s.micro_batch)
+        for d, _, first in info.dev_groups:
+            requests.setdefault((d,) + base, (info.links[first], s))
+    class_cost_table(model, ctx, workload, list(requests.values()))
+
+
 def build_stage_batch(model: ModelSpec, cluster: Cluster, workload: Training, ctx: CostContext,
                       strategies: Sequence[Strategy], *, cuts: np.ndarray | None = None,
                       split: str = "optimal") -> StageBatch:
@@ -404,18 +423,7 @@ def build_stage_batch(model: ModelSpec, cluster: Cluster, workload: Training, ct
     cls_index = np.asarray(cls_index)
     K = len(classes)
     infos = [_layout_info(cluster, s, workload, ctx) for s in strategies]
-    # one cost request per distinct (stage devices, tp, ep, SP, recompute, micro-batch)
-    requests, req_of = [], {}
-    ridx = np.zeros((G, p), dtype=np.int64)
-    for g, (s, info) in enumerate(zip(strategies, infos)):
-        base = (s.tp, s.ep, s.ep_mode, s.sequence_parallel, s.recompute, s.micro_batch)
-        for d, mask, first in info.dev_groups:
-            key = (d,) + base
-            r = req_of.get(key)
-            if r is None:
-                r = req_of[key] = len(requests)
-                requests.append((info.links[first], s))
-            ridx[g, mask] = r
+    requests, ridx = _cost_requests(strategies, infos, p)
     table = class_cost_table(model, ctx, workload, requests)
     C = table[ridx]  # (G, p, K, 6)
     t_cls = C[..., FWD] + C[..., BWD] + C[..., REC] + C[..., TPC] + C[..., EPC]  # (G, p, K)
@@ -505,7 +513,10 @@ def build_stage_batch(model: ModelSpec, cluster: Cluster, workload: Training, ct
     head = model.layers[-1]
     tied_sync = np.zeros(G)
     if head.kind == "head" and head.tied and p > 1:
-        gb = _WEIGHT_BYTES[workload.grad_dtype or workload.dtype]
+        # the tied copy's gradient is all-reduced by the pipeline engine itself, in the weights' precision
+        # (DeepSpeed's allreduce_tied_weight_gradients, Megatron's embedding all-reduce), not through the
+        # data-parallel buckets that `grad_dtype` describes
+        gb = _WEIGHT_BYTES[workload.dtype]
         for g, s in enumerate(strategies):
             copy = head.vocab * head.hidden / s.tp
             dense_params[g, -1] += copy  # the last stage keeps its own copy of the tied embedding

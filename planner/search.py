@@ -29,7 +29,8 @@ from costmodel.model import ModelSpec
 from costmodel.params import CostParams
 from costmodel.strategy import Strategy
 from costmodel.training import (SCHEDULE_CODES, all_splits, assemble, breakdown_arrays, build_stage_batch,
-                                in_flight, memory_aware_cuts, model_flops_per_step, peak_flops)
+                                in_flight, memory_aware_cuts, model_flops_per_step, peak_flops,
+                                prime_class_costs)
 from costmodel.workload import Inference, Training
 from hardware_profiles.topology import Cluster
 
@@ -138,30 +139,36 @@ def _training_frame(model: ModelSpec, cluster: Cluster, workload: Training, spac
     only for groups whose pipeline lower bound beats the best time found."""
     info = {"mflops": model_flops_per_step(model, workload), "peak": peak_flops(cluster, workload.dtype),
             "usable": usable}
-    frames = [_price_bucket(model, cluster, workload, space, ctx, cache, bases, "even", info)
-              for bases in _training_groups(model, cluster, workload, space).values()]
-    if not frames:
+    groups = _training_groups(model, cluster, workload, space)
+    prime_class_costs(model, cluster, workload, ctx, [s for bases in groups.values() for s in bases])
+    parts = [_price_bucket(model, cluster, workload, space, ctx, cache, bases, "even", info)
+             for bases in groups.values()]
+    if not parts:
         return pd.DataFrame()
-    df = pd.concat(frames, ignore_index=True)
-    best = df.loc[df["fits"], "time_s"].min() if df["fits"].any() else np.inf
-    need = df[~df["exact_split"] & (df["pipe_lb_s"] < best)]
-    if len(need):
+    cols = _concat_columns(parts)
+    fits = cols["fits"]
+    best = cols["time_s"][fits].min() if fits.any() else np.inf
+    need = ~cols["exact_split"] & (cols["pipe_lb_s"] < best)
+    if need.any():
+        drop = np.zeros(len(fits), dtype=bool)
         redo = []
-        for bid, part in need.groupby("_bid"):
-            batch = cache[bid][0]
-            bases = [batch.strategies[g] for g in sorted(set(part["_g"]))]
-            redo.append((bid, sorted(set(part["_g"])), bases))
-        drop = np.zeros(len(df), dtype=bool)
-        new = []
-        for bid, gs, bases in redo:
-            drop |= (df["_bid"].to_numpy() == bid) & np.isin(df["_g"].to_numpy(), gs)
-            new.append(_price_bucket(model, cluster, workload, space, ctx, cache, bases, "optimal", info))
-        df = pd.concat([df[~drop], *new], ignore_index=True)
-    return df
+        for bid in np.unique(cols["_bid"][need]):
+            batch = cache[int(bid)][0]
+            gs = np.unique(cols["_g"][need & (cols["_bid"] == bid)])
+            drop |= (cols["_bid"] == bid) & np.isin(cols["_g"], gs)
+            redo.append(_price_bucket(model, cluster, workload, space, ctx, cache,
+                                      [batch.strategies[g] for g in gs], "optimal", info))
+        cols = _concat_columns([{k: v[~drop] for k, v in cols.items()}, *redo])
+    return pd.DataFrame(cols)
+
+
+def _concat_columns(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
 
 
 def _price_bucket(model: ModelSpec, cluster: Cluster, workload: Training, space: SearchSpace, ctx: CostContext,
-                  cache: dict, bases: list[Strategy], split: str, info: dict) -> pd.DataFrame:
+                  cache: dict, bases: list[Strategy], split: str, info: dict) -> dict[str, np.ndarray]:
+    """Columns of the candidates of one (pp, virtual stages) bucket: every base strategy x ZeRO x schedule."""
     seq = workload.seq_len or model.seq_len
     pp, v = bases[0].pp, bases[0].virtual_stages
     if v > 1:
@@ -227,7 +234,8 @@ def _price_bucket(model: ModelSpec, cluster: Cluster, workload: Training, space:
     for k, arr in breakdown_arrays(batch, a).items():
         cols[k] = arr[xg, vi]
     cols["memory_lb_gb"] = _memory_lower_bound(batch, a, sched)[xg, vi] / 1e9
-    return pd.DataFrame(cols)
+    n = len(gi)
+    return {k: np.full(n, v) if np.ndim(v) == 0 else np.asarray(v) for k, v in cols.items()}
 
 
 def _memory_lower_bound(batch, a, sched: np.ndarray) -> np.ndarray:
@@ -396,22 +404,22 @@ def plan(model: ModelSpec | str, cluster: Cluster | str, workload: Training | In
     if kind == "training":
         _refine_memory(df, model, cluster, workload, ctx, cache, usable)
     df["objective"] = _objective_column(df, kind, objective, workload)
-    df["reason"] = ""
-    mem_short = ~df["fits"]
-    df.loc[mem_short, "reason"] = [
-        f"memory: needs {m:.1f} GB per GPU, {c * usable:.1f} GB usable" for m, c in
-        zip(df.loc[mem_short, "memory_gb"], df.loc[mem_short, "capacity_gb"])]
-    ok = df["fits"].copy()
+    fits = df["fits"].to_numpy()
+    reason = np.full(len(df), "", dtype=object)
+    reason[~fits] = [f"memory: needs {m:.1f} GB per GPU, {c * usable:.1f} GB usable" for m, c in
+                     zip(df["memory_gb"].to_numpy()[~fits], df["capacity_gb"].to_numpy()[~fits])]
+    ok = fits.copy()
     for col, lim, label in (("ttft_s", constraints.max_ttft_s, "TTFT"), ("tpot_s", constraints.max_tpot_s, "TPOT")):
         if lim is not None and col in df:
-            bad = ok & (df[col] > lim)
-            df.loc[bad, "reason"] = [f"{label} {v * 1e3:.1f} ms > limit {lim * 1e3:.1f} ms" for v in df.loc[bad, col]]
+            bad = ok & (df[col].to_numpy() > lim)
+            reason[bad] = [f"{label} {v * 1e3:.1f} ms > limit {lim * 1e3:.1f} ms" for v in df[col].to_numpy()[bad]]
             ok &= ~bad
     if constraints.max_usd_per_hour is not None:
-        bad = ok & (df["usd_per_hour"] > constraints.max_usd_per_hour)
-        df.loc[bad, "reason"] = [f"price ${v:.2f}/h > limit ${constraints.max_usd_per_hour:.2f}/h"
-                                 for v in df.loc[bad, "usd_per_hour"]]
+        bad = ok & (df["usd_per_hour"].to_numpy() > constraints.max_usd_per_hour)
+        reason[bad] = [f"price ${v:.2f}/h > limit ${constraints.max_usd_per_hour:.2f}/h"
+                       for v in df["usd_per_hour"].to_numpy()[bad]]
         ok &= ~bad
+    df["reason"] = reason
     df["pruned"] = ~ok
     if not ok.any():
         raise _no_plan_error(df, model, cluster, constraints)
@@ -421,8 +429,9 @@ def plan(model: ModelSpec | str, cluster: Cluster | str, workload: Training | In
     best_row = df.iloc[0]
     best = _finalize(best_row, model, cluster, workload, ctx, cache, objective)
     mesh = ["tp", "pp", "dp", "ep"]
-    others = df[(~df["pruned"]) & (df[mesh] != best_row[mesh]).any(axis=1)]
-    runner = _finalize(others.iloc[0], model, cluster, workload, ctx, cache, objective) if len(others) else None
+    other_mesh = (df[mesh].to_numpy() != best_row[mesh].to_numpy().astype(np.int64)).any(axis=1)
+    others = np.flatnonzero(~df["pruned"].to_numpy() & other_mesh)
+    runner = _finalize(df.iloc[others[0]], model, cluster, workload, ctx, cache, objective) if len(others) else None
     df = df.drop(columns=[c for c in ("_key", "_bid", "_g", "_v") if c in df])
     return PlanResult(best=best, candidates=df, runner_up=runner, objective=objective,
                       search_time_s=time.perf_counter() - t0, constraints=constraints, cluster=cluster,
@@ -475,9 +484,12 @@ def _refine_memory(df: pd.DataFrame, model: ModelSpec, cluster: Cluster, workloa
                 if short <= 0:
                     best = min(best, t)
     if updates:
-        block = pd.DataFrame.from_dict(updates, orient="index", columns=cols)
-        for c in cols:
-            df.loc[block.index, c] = block[c].astype(df[c].dtype) if c != "stages" else block[c]
+        at = df.index.get_indexer(list(updates))
+        values = list(zip(*updates.values()))  # one tuple per column
+        for c, column in zip(cols, values):
+            arr = df[c].to_numpy(copy=True)
+            arr[at] = column
+            df[c] = arr
 
 
 def _by_pp(items: list) -> dict[int, list]:

@@ -1068,3 +1068,35 @@ def test_a_host_bound_block_takes_the_host_time_so_tensor_parallelism_stops_payi
     assert h2 > 0.8 * h1 and h2 > 1.3 * t2  # two GPUs wait for the same host work
     assert cm.estimate(model, cluster, tp2, w, params=gpu_only.replace(host_layer_s=per_block / 10)).time_s == \
         pytest.approx(t2, rel=1e-9)  # a fast host changes nothing
+
+
+@fast(60)
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 3)), min_size=2, max_size=7),
+       st.lists(st.integers(1, 40), min_size=1, max_size=4))
+def test_max_sequences_is_the_best_contiguous_split_for_the_cache(layers, budgets):
+    from itertools import combinations
+
+    from costmodel.inference import max_sequences
+
+    weights = np.array([float(wb) for wb, _ in layers])
+    kv = np.array([float(k) for _, k in layers])
+    budget = np.array([float(b) for b in budgets])
+    L, pp = len(layers), len(budget)
+    if pp > L:
+        return
+
+    def brute_fits(n):
+        need = weights + n * kv
+        for cuts in combinations(range(1, L), pp - 1):
+            bounds = (0, *cuts, L)
+            if all(need[bounds[j]:bounds[j + 1]].sum() <= budget[j] for j in range(pp)):
+                return True
+        return False
+
+    got = max_sequences(weights, kv, budget)
+    if not brute_fits(0):
+        assert got == 0
+    elif not (kv > 0).any():
+        assert got == 2 ** 31 - 1
+    else:
+        assert brute_fits(got) and not brute_fits(got + 1)

@@ -1,0 +1,85 @@
+"""The least bottleneck stage time of a split of N identical blocks over p stages, for G groups at once.
+
+Stage j holding k_j blocks takes base_j + k_j * c_j. A threshold t admits
+    kmax_j(t) = min(floor((t - base_j) / c_j + 1e-9), N)
+blocks on stage j; t is feasible when every kmax_j >= lo_j and they sum to at least N. The least feasible t
+is one of the jump points of the kmax_j. Plain bisection on t needs ~52 halvings to pin it down to 1e-15 of
+the range; here bisection only narrows the window until no stage has two jumps in it (about log2 of the
+range over half the smallest c_j steps), and the jumps inside the window are then ordered and counted.
+The threshold returned lies strictly between the least feasible jump and the next distinct one, so the
+kmax_j it gives are those just above the optimum, as bisection's would be.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+_TOL = 1e-9  # slack of the floor in kmax (absorbs rounding where t lands on a jump)
+_BISECTION_STEPS = 52  # halvings that take the window below 1e-15 of the range
+
+
+def blocks_under(t: np.ndarray, base: np.ndarray, c_safe: np.ndarray) -> np.ndarray:
+    """(G, p) floor((t - base) / c + tol): blocks stage j can take with time <= t, before clipping to N."""
+    return np.floor((t[:, None] - base) / c_safe + _TOL)
+
+
+def _feasible(t: np.ndarray, base: np.ndarray, c_safe: np.ndarray, lo: np.ndarray, N: int) -> np.ndarray:
+    k = np.minimum(blocks_under(t, base, c_safe), N)
+    return (k >= lo).all(axis=1) & (k.sum(axis=1) >= N)
+
+
+def bisect_threshold(base: np.ndarray, c_safe: np.ndarray, lo: np.ndarray, N: int, low: np.ndarray,
+                     hi: np.ndarray, steps: int = _BISECTION_STEPS) -> tuple[np.ndarray, np.ndarray]:
+    """Plain bisection: `low` infeasible (or 0), `hi` feasible; returns the narrowed (low, hi)."""
+    for _ in range(steps):
+        mid = 0.5 * (low + hi)
+        ok = _feasible(mid, base, c_safe, lo, N)
+        hi = np.where(ok, mid, hi)
+        low = np.where(ok, low, mid)
+    return low, hi
+
+
+def least_feasible_threshold(base: np.ndarray, c: np.ndarray, lo: np.ndarray, N: int) -> np.ndarray:
+    """(G,) a feasible threshold just above the least feasible one (see the module docstring).
+
+    base: (G, p); c: (G, p) or (G, 1) time per block (>= 0); lo: (p,) fewest blocks per stage."""
+    c_safe = np.maximum(c, 1e-300)
+    G = base.shape[0]
+    hi = (base + N * c).max(axis=1)
+    low = np.zeros(G)
+    # 1. bisect until the window (low, hi] holds at most one jump of each stage
+    narrow = 0.5 * np.broadcast_to(c_safe, base.shape).min(axis=1)
+    for _ in range(2 * _BISECTION_STEPS):
+        if not ((hi - low) > narrow).any():
+            break
+        low, hi = bisect_threshold(base, c_safe, lo, N, low, hi, steps=1)
+    # 2. order the jumps inside the window and find the first after which the split is feasible
+    k_low = blocks_under(low, base, c_safe)
+    k_hi = blocks_under(hi, base, c_safe)
+    jumped = k_hi > k_low
+    jump_at = np.where(jumped, np.clip(base + (k_hi - _TOL) * c_safe, low[:, None], hi[:, None]), np.inf)
+    order = np.argsort(jump_at, axis=1, kind="stable")
+    at = np.take_along_axis(jump_at, order, axis=1)
+    adds = np.take_along_axis(jumped & (k_low < N), order, axis=1).cumsum(axis=1)  # blocks gained
+    fixes = np.take_along_axis(jumped & (k_low < lo) & (k_hi >= lo), order, axis=1).cumsum(axis=1)
+    need_blocks = N - np.minimum(k_low, N).sum(axis=1)
+    need_fixes = (k_low < lo).sum(axis=1)
+    nxt = np.concatenate([at[:, 1:], np.full((G, 1), np.inf)], axis=1)
+    run_end = np.isfinite(at) & (nxt != at)  # count equal jumps together
+    ok = run_end & (adds >= need_blocks[:, None]) & (fixes >= need_fixes[:, None])
+    none_needed = (need_blocks <= 0) & (need_fixes == 0)
+    first = np.argmax(ok, axis=1)
+    rows = np.arange(G)
+    t_at = np.where(none_needed, low, at[rows, first])
+    t_next = np.where(none_needed, at[:, 0], nxt[rows, first])
+    t = 0.5 * (t_at + np.minimum(t_next, hi))
+    ends_so_far = np.maximum.accumulate(np.where(run_end, at, -np.inf), axis=1)
+    prev = np.where(first > 0, ends_so_far[rows, np.maximum(first - 1, 0)], -np.inf)  # previous distinct jump
+    t_before = 0.5 * (np.where(np.isfinite(prev), prev, low) + t_at)
+    # 3. check; where the window was not narrow enough (zero-time blocks) or rounding got in the way, bisect
+    good = ((k_hi - k_low) <= 1).all(axis=1) & (ok.any(axis=1) | none_needed) & _feasible(t, base, c_safe, lo, N)
+    good &= none_needed | ~_feasible(t_before, base, c_safe, lo, N)
+    if not good.all():
+        bad = np.flatnonzero(~good)
+        _, t[bad] = bisect_threshold(base[bad], c_safe[bad], lo, N, np.zeros(len(bad)),
+                                     (base[bad] + N * c[bad]).max(axis=1))
+    return t
