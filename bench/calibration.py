@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -34,31 +36,36 @@ def _compiled(report: dict) -> bool:
     return any("torch.compile" in n for n in report.get("notes") or [])
 
 
-def load_runs(dirs: list[Path], compiled: bool = False) -> list[RunRecord]:
-    """The runs of one execution mode: eager, or with `compiled` the torch.compile runs (their labels lose the
-    `_c` tag). The plan does not say how the executor ran it, so the two modes are calibrated apart."""
+def _label(stem: str) -> str:
+    """A run's layout label without the compile tags of its file name (`tp2_cm_repeat` -> `tp2_repeat`)."""
+    return re.sub(r"_cm?(?=_|$)", "", stem)
+
+
+def load_runs(paths: list[Path], compiled: bool = False, exclude: Sequence[str] = ()) -> list[RunRecord]:
+    """The runs of one execution mode from directories of RunReports or single report files: eager, or with
+    `compiled` the torch.compile runs. The plan does not say how the executor ran it, so the two modes are
+    calibrated apart."""
+    files = [f for p in paths for f in (sorted(p.glob("run_*.json")) if p.is_dir() else [p])]
     runs = []
-    for d in dirs:
-        for f in sorted(d.glob("run_*.json")):
-            r = json.loads(f.read_text())
-            if "plan_data" not in r or _compiled(r) != compiled:
-                continue
-            if compiled:
-                r["label"] = r.get("label", f.stem[4:]).removesuffix("_c")
-            runs.append(RunRecord.from_report({"plan": r["plan_data"], "step_time_s": r["step_time_s"],
-                                               "label": r.get("label", f.stem[4:])}))
+    for f in files:
+        r = json.loads(f.read_text())
+        label = _label(f.stem[4:])
+        if "plan_data" not in r or _compiled(r) != compiled or label in exclude:
+            continue
+        runs.append(RunRecord.from_report({"plan": r["plan_data"], "step_time_s": r["step_time_s"], "label": label}))
     return runs
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("dirs", nargs="*")
+    ap.add_argument("dirs", nargs="*", help="directories of RunReports, or report files")
+    ap.add_argument("--exclude", default="", help="labels of runs to leave out (e.g. a run whose losses show a fault)")
     ap.add_argument("--fit", default="single,dp2,pp2", help="labels of the (at most three) runs to fit on")
     ap.add_argument("--params", default=",".join(RUN_FIT_DEFAULT), help="cost-model constants fitted to the runs")
     ap.add_argument("--compiled", action="store_true", help="the runs made with torch.compile (default: eager)")
     args = ap.parse_args()
     dirs = [Path(d) for d in args.dirs] or sorted((RESULTS / "gpu").glob("runs_*"))[-1:]
-    runs = load_runs(dirs, args.compiled)
+    runs = load_runs(dirs, args.compiled, [x for x in args.exclude.split(",") if x])
     if not runs:
         raise SystemExit(f"no {'compiled' if args.compiled else 'eager'} runs with plans in {[str(d) for d in dirs]}")
     fit_labels = [x for x in args.fit.split(",") if x]

@@ -647,7 +647,9 @@ def _main(argv: list[str] | None = None) -> int:
     session = setup(plan, seed=args.seed, device=device, shape=shape, compile_blocks=args.compile is not None,
                     compile_scope=args.compile or "blocks")
     if args.compile:
-        session.notes.append("transformer blocks compiled with torch.compile")
+        whole = args.compile == "model" and shape.dp == 1 and shape.recompute != "full"
+        session.notes.append("pipeline chunks compiled whole with torch.compile" if whole
+                             else "transformer blocks compiled with torch.compile")
     session.notes.extend(resume_notes)
     step_log = StepLog(args.step_log)
     report = measure(plan, session, steps=args.steps, warmup=args.warmup, backend=backend, fault=fault,
