@@ -41,6 +41,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-gpus", type=int)
     ap.add_argument("--max-usd-per-hour", type=float)
     ap.add_argument("--memory-headroom", type=float, default=0.0, help="fraction of GPU memory to keep free")
+    ap.add_argument("--gpu-mtbf-hours", type=float,
+                    help="training: mean hours between failures of one GPU; sets the plan's checkpoint interval")
+    ap.add_argument("--storage-gbps-per-node", type=float, default=None,
+                    help="checkpoint write bandwidth per node, GB/s (default 2)")
     ap.add_argument("--top", type=int, default=10, help="candidates to list")
     ap.add_argument("--out", help="write the chosen plan (versioned JSON) for the executor")
     ap.add_argument("--csv", help="write every candidate to a CSV file")
@@ -101,8 +105,17 @@ def main(argv: list[str] | None = None) -> int:
             max_gpus=args.max_gpus, max_usd_per_hour=args.max_usd_per_hour, memory_headroom=args.memory_headroom)
         result = planner.plan(model, cluster, workload, objective=args.objective, constraints=constraints)
         print(result.report(top=args.top))
+        best = result.best
+        if args.gpu_mtbf_hours is not None:
+            from .resilience import DEFAULT_STORAGE_GBPS_PER_NODE, with_checkpointing
+
+            best, ck = with_checkpointing(best, args.gpu_mtbf_hours,
+                                          storage_gbps_per_node=args.storage_gbps_per_node or DEFAULT_STORAGE_GBPS_PER_NODE)
+            print(f"\ncheckpoint every {ck.interval_steps} steps ({ck.interval_s / 60:.1f} min): expected "
+                  f"{ck.overhead:.1%} of wall time lost to checkpoints and failures (Young's rule: "
+                  f"{ck.young_interval_steps} steps, {ck.young_overhead:.1%})")
         if args.out:
-            path = result.best.save(args.out)
+            path = best.save(args.out)
             print(f"\nplan written to {path}; run it with: torchrun --nproc-per-node N -m executor {path} --steps 5")
         if args.csv:
             result.candidates.to_csv(args.csv, index=False)

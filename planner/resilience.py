@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -83,6 +83,39 @@ def optimal_checkpoint_interval(step_time_s: float, checkpoint_s: float, mtbf_s:
     return CheckpointChoice(interval_steps=best, interval_s=best * step_time_s, overhead=w_steps(best) - 1,
                             young_interval_steps=y, young_overhead=w_steps(y) - 1,
                             daly_interval_steps=d, daly_overhead=w_steps(d) - 1)
+
+
+# What a distributed checkpoint writes per parameter: fp32 weights and AdamW's two fp32 moments.
+CHECKPOINT_BYTES_PER_PARAM = 12
+# Write bandwidth each node gets from checkpoint storage when every node writes at once (a parallel file
+# system's share per client, or a local NVMe). An assumption: pass the measured figure where known.
+DEFAULT_STORAGE_GBPS_PER_NODE = 2.0
+# Seconds from a failure to training again: detection, restart, checkpoint load (bench/heal_drill.py
+# measures ~15 s for a small job; large jobs spend minutes in rendezvous and loading).
+DEFAULT_RESTART_S = 300.0
+
+
+def checkpoint_write_s(plan: Any, storage_gbps_per_node: float = DEFAULT_STORAGE_GBPS_PER_NODE) -> float:
+    """Seconds to write one checkpoint of `plan`'s model and optimizer state, all nodes writing in parallel."""
+    if not (math.isfinite(storage_gbps_per_node) and storage_gbps_per_node > 0):
+        raise PlannerOptionError(f"storage_gbps_per_node must be positive, got {storage_gbps_per_node!r}")
+    state_bytes = CHECKPOINT_BYTES_PER_PARAM * plan.model.num_params
+    return state_bytes / (storage_gbps_per_node * 1e9 * len(plan.cluster.nodes))
+
+
+def with_checkpointing(plan: Any, gpu_mtbf_hours: float, *,
+                       storage_gbps_per_node: float = DEFAULT_STORAGE_GBPS_PER_NODE,
+                       restart_s: float = DEFAULT_RESTART_S) -> tuple[Any, CheckpointChoice]:
+    """`plan` with `checkpoint_interval_steps` set to the interval that minimises expected lost time, for
+    GPUs that each fail once per `gpu_mtbf_hours` on average (the job fails N times as often on N GPUs)."""
+    if plan.workload.kind != "training":
+        raise PlannerOptionError("checkpoint intervals apply to training plans")
+    if not (isinstance(gpu_mtbf_hours, (int, float)) and math.isfinite(gpu_mtbf_hours) and gpu_mtbf_hours > 0):
+        raise PlannerOptionError(f"gpu_mtbf_hours must be a positive number of hours, got {gpu_mtbf_hours!r}")
+    job_mtbf_s = gpu_mtbf_hours * 3600.0 / plan.cluster.num_gpus
+    choice = optimal_checkpoint_interval(plan.predicted_time_s, checkpoint_write_s(plan, storage_gbps_per_node),
+                                         job_mtbf_s, restart_s)
+    return replace(plan, checkpoint_interval_steps=choice.interval_steps), choice
 
 
 @dataclass(frozen=True)
