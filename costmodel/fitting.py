@@ -17,7 +17,7 @@ from scipy.optimize import least_squares
 
 from hardware_profiles.errors import ProfileError
 
-from .params import CostParams
+from .params import PER_GPU_FIELDS, CostParams
 
 BOUNDS: Mapping[str, tuple[float, float]] = {
     "gemm_efficiency": (0.05, 1.0),
@@ -26,6 +26,7 @@ BOUNDS: Mapping[str, tuple[float, float]] = {
     "causal_factor": (0.4, 1.0),
     "memory_efficiency": (0.1, 1.0),
     "elementwise_factor": (0.3, 30.0),
+    "head_elementwise_factor": (0.3, 30.0),
     "kernel_overhead_s": (0.0, 2e-4),
     "layer_overhead_s": (0.0, 0.05),
     "decode_layer_overhead_s": (0.0, 0.01),
@@ -41,28 +42,46 @@ BOUNDS: Mapping[str, tuple[float, float]] = {
     "memory_reserved_bytes": (0.0, 8e9),
     "optimizer_bytes_per_param": (8.0, 200.0),
     "gpu_gemm_efficiency": (0.02, 1.0),
+    "gpu_tp_collective_overhead_s": (0.0, 0.01),
+    "network_efficiency": (0.05, 1.0),
+    "fabric_efficiency": (0.05, 1.0),
+    "gpu_host_layer_s": (0.0, 0.1),
 }
 
 
 def apply(base: CostParams, values: Mapping[str, float]) -> CostParams:
-    """`base` with named values replaced ("gpu_gemm_efficiency:T4" sets one GPU's efficiency)."""
+    """`base` with named values replaced ("gpu_gemm_efficiency:T4" sets one GPU's efficiency; the same
+    "field:GPU" form addresses every per-GPU field in `PER_GPU_FIELDS`)."""
     changes: dict[str, object] = {}
-    per_gpu = dict(base.gpu_gemm_efficiency)
+    per_gpu = {f: dict(getattr(base, f)) for f in PER_GPU_FIELDS}
+    touched: set[str] = set()
     for name, v in values.items():
-        if name.startswith("gpu_gemm_efficiency:"):
-            per_gpu[name.split(":", 1)[1]] = float(v)
-        elif name in CostParams.__dataclass_fields__:
+        field, _, gpu = name.partition(":")
+        if gpu and field in per_gpu:
+            per_gpu[field][gpu] = float(v)
+            touched.add(field)
+        elif name in CostParams.__dataclass_fields__ and name not in per_gpu:
             changes[name] = float(v)
         else:
-            raise ProfileError(f"unknown cost parameter {name!r}")
-    if per_gpu:
-        changes["gpu_gemm_efficiency"] = tuple(sorted(per_gpu.items()))
+            raise ProfileError(f"unknown cost parameter {name!r}; per-GPU fields take the form "
+                               f"'<field>:<GPU name>' for {', '.join(PER_GPU_FIELDS)}")
+    for field in touched:
+        changes[field] = tuple(sorted(per_gpu[field].items()))
     return base.replace(**changes)
 
 
+_PER_GPU_GETTERS = {"gpu_gemm_efficiency": "gemm_efficiency_for",
+                    "gpu_tp_collective_overhead_s": "tp_collective_overhead_for",
+                    "network_efficiency": "network_efficiency_for", "fabric_efficiency": "fabric_efficiency_for",
+                    "gpu_host_layer_s": "host_layer_for"}
+
+
 def current(base: CostParams, name: str) -> float:
-    if name.startswith("gpu_gemm_efficiency:"):
-        return base.gemm_efficiency_for(name.split(":", 1)[1])
+    field, _, gpu = name.partition(":")
+    if gpu and field in _PER_GPU_GETTERS:
+        return float(getattr(base, _PER_GPU_GETTERS[field])(gpu))
+    if name == "head_elementwise_factor":
+        return base.head_elementwise_factor_value
     return float(getattr(base, name))
 
 

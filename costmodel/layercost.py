@@ -80,7 +80,7 @@ def forward_work(lay: LayerSpec, dev: DevicePerf, par: Parallel, params: CostPar
         vocab_local = lay.vocab / tp
         # final norm, then softmax / cross-entropy over the logits in fp32 (read bf16, write and read fp32)
         elem_bytes = rows * (2 * lay.hidden * b / (tp if par.sp else 1) + vocab_local * (b + 8))
-        elem = dev.memory_time_s(elem_bytes * params.elementwise_factor, kernels=4)
+        elem = dev.memory_time_s(elem_bytes * params.head_elementwise_factor_value, kernels=4)
         return ForwardWork(gemm, 0.0, elem, 0.0)
     heads_local = lay.num_heads / tp
     span = lay.attention_span or context
@@ -159,7 +159,16 @@ def layer_train_cost(lay: LayerSpec, dev: DevicePerf, par: Parallel, params: Cos
         n_ar = 1.0  # vocab-parallel lookup combines partial rows
     else:
         n_ar = 1.0  # input gradient of the vocab-parallel head
-    tp_comm = n_ar * (ar * (1.0 - params.tp_overlap) + (params.tp_collective_overhead_s if par.tp > 1 else 0.0))
+    tp_fixed_s = params.tp_collective_overhead_for(dev.gpu.name) if par.tp > 1 else 0.0
+    tp_comm = n_ar * (ar * (1.0 - params.tp_overlap) + tp_fixed_s)
+    host_s = params.host_layer_for(dev.gpu.name) if lay.kind == "transformer" else 0.0
+    if host_s > 0:
+        # the GPU waits for this node's host: forward + backward (+ replay) + collectives take at least host_s
+        # (full recompute issues the forward twice: a third more host work); the wait is booked as compute
+        host_s *= 4.0 / 3.0 if recompute == "full" else 1.0
+        total = fwd + bwd + rec + tp_comm
+        scale = np.where(total < host_s, 1.0 + (host_s - total) / np.maximum(fwd + bwd + rec, 1e-30), 1.0)
+        fwd, bwd, rec = fwd * scale, bwd * scale, rec * scale
     ep_comm = 0.0
     if lay.is_moe and par.ep > 1 and par.ep_mode == "dp":
         a2a_bytes = rows * lay.top_k * lay.dispatch_dim * b / (par.tp if par.sp else 1)

@@ -34,6 +34,9 @@ class CostParams:
     # modern block (norms, residuals, activation, rotary); 1.0 = fused kernels
     memory_efficiency: float = 0.85
     elementwise_factor: float = 1.0
+    # the same multiplier for the head's norm and loss over the logits, where that differs from the blocks'
+    # (the loss is one set of kernels over vocab-wide rows, not a block's many small ones); None: elementwise_factor
+    head_elementwise_factor: float | None = None
     # fixed costs: GPU time per kernel (launch gap), and framework time per layer per pass (Python, hooks)
     kernel_overhead_s: float = 3.0e-6
     layer_overhead_s: float = 0.0
@@ -49,6 +52,16 @@ class CostParams:
     # around it (stacks that time or synchronise each model-parallel all-reduce, as Megatron-LM 1.x's timers do),
     # so the GPU idles while the host catches up. 0 = the host stays ahead
     tp_collective_overhead_s: float = 0.0
+    # per-GPU-type overrides of tp_collective_overhead_s, ((catalog name, seconds), ...): the host round trip is
+    # the node's CPU and driver, so it differs between node types (a g4dn's host is not a p3's)
+    gpu_tp_collective_overhead_s: tuple[tuple[str, float], ...] = ()
+    # achieved fraction of a node's network bandwidth (`Node.network_gbps`), per GPU type of the node,
+    # ((catalog name, fraction), ...), on top of collective_efficiency: NICs and network stacks differ in how
+    # much of their line rate NCCL gets (TCP sockets reach far less of 50 Gbit/s than of 10 Gbit/s).
+    # Applied with `costmodel.comm.with_network_efficiency`; absent types keep 1.0
+    network_efficiency: tuple[tuple[str, float], ...] = ()
+    # the same for the fabric inside a node (`Fabric.bandwidth_gbps`): PCIe switches and NVLink meshes differ
+    fabric_efficiency: tuple[tuple[str, float], ...] = ()
     # memory: usable share of device memory, fixed reserve (CUDA context, NCCL/cuBLAS workspaces), and the
     # multiplier on counted activations for allocator fragmentation and temporaries
     memory_usable_fraction: float = 0.95
@@ -66,12 +79,31 @@ class CostParams:
     # this. 0 (the idealized runtime) assumes the host keeps ahead; calibration fits it where runs show
     # otherwise (tensor parallelism divides the GPU work of a block, not the host's).
     host_layer_s: float = 0.0
+    # per-GPU-type host floor per transformer block and micro-batch (forward + backward), ((catalog name, s), ...),
+    # applied in costmodel.layercost: the host (CPU, driver, framework) is part of the node type
+    gpu_host_layer_s: tuple[tuple[str, float], ...] = ()
 
     def replace(self, **changes: Any) -> "CostParams":
         return replace(self, **changes)
 
     def gemm_efficiency_for(self, gpu_name: str) -> float:
         return dict(self.gpu_gemm_efficiency).get(gpu_name, self.gemm_efficiency)
+
+    @property
+    def head_elementwise_factor_value(self) -> float:
+        return self.elementwise_factor if self.head_elementwise_factor is None else self.head_elementwise_factor
+
+    def tp_collective_overhead_for(self, gpu_name: str) -> float:
+        return dict(self.gpu_tp_collective_overhead_s).get(gpu_name, self.tp_collective_overhead_s)
+
+    def network_efficiency_for(self, gpu_name: str) -> float:
+        return dict(self.network_efficiency).get(gpu_name, 1.0)
+
+    def fabric_efficiency_for(self, gpu_name: str) -> float:
+        return dict(self.fabric_efficiency).get(gpu_name, 1.0)
+
+    def host_layer_for(self, gpu_name: str) -> float:
+        return dict(self.gpu_host_layer_s).get(gpu_name, 0.0)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,8 +115,9 @@ class CostParams:
         if unknown:
             raise ProfileError(f"unknown cost parameters {sorted(unknown)}; known: {sorted(names)}")
         d = dict(data)
-        if "gpu_gemm_efficiency" in d:
-            d["gpu_gemm_efficiency"] = tuple((str(k), float(v)) for k, v in d["gpu_gemm_efficiency"])
+        for name in PER_GPU_FIELDS:
+            if name in d:
+                d[name] = tuple((str(k), float(v)) for k, v in d[name])
         return cls(**d)
 
     def save(self, path: str | Path, **meta: Any) -> Path:
@@ -102,3 +135,6 @@ class CostParams:
 
 
 DEFAULT_PARAMS = CostParams()
+# fields holding ((GPU catalog name, value), ...) overrides; fitting addresses one entry as "field:GPU name"
+PER_GPU_FIELDS = ("gpu_gemm_efficiency", "gpu_tp_collective_overhead_s", "network_efficiency", "fabric_efficiency",
+                  "gpu_host_layer_s")
