@@ -46,6 +46,20 @@ def least_feasible_threshold(base: np.ndarray, c: np.ndarray, lo: np.ndarray, N:
     G = base.shape[0]
     hi = (base + N * c).max(axis=1)
     low = np.zeros(G)
+    # 0. start from the continuous estimate: below (N + sum base/c) / sum(1/c) the stages cannot take N
+    # blocks; p blocks above it (and with every stage at its minimum) they can. A margin of the smallest
+    # block time keeps each end strictly on its side despite rounding.
+    cb = np.broadcast_to(c_safe, base.shape)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        inv_sum = (1.0 / cb).sum(axis=1)
+        b_sum = (base / cb).sum(axis=1)
+        c_min = cb.min(axis=1)
+        low0 = (N + b_sum) / inv_sum - c_min
+        hi0 = np.maximum((N + base.shape[1] + b_sum) / inv_sum, (base + lo * cb).max(axis=1)) + c_min
+        use = (np.isfinite(low0) & np.isfinite(hi0) & (c_min > 1e-200) & (np.maximum(low0, 0.0) < hi0)
+               & (hi0 <= hi))
+    low = np.where(use, np.maximum(low0, 0.0), low)
+    hi = np.where(use, hi0, hi)
     # 1. bisect until the window (low, hi] holds at most one jump of each stage
     narrow = 0.5 * np.broadcast_to(c_safe, base.shape).min(axis=1)
     for _ in range(2 * _BISECTION_STEPS):

@@ -8,8 +8,10 @@ which is (m - 1) * max + sum for GPipe and 1F1B (AMP's form) and m*t + (p-1)*t/v
 for uniform interleaved stages (Narayanan et al. 2021).
 
 Everything is computed for a batch of G strategies at once (same pipeline depth
-and virtual stages), so the planner prices thousands of candidates with a few
-numpy operations and `estimate()` is the same code with G = 1:
+and virtual stages), held as columns (`Bases`: a mesh-layout index and a cost-key
+index per strategy, no `Strategy` object per candidate), so the planner prices
+thousands of candidates with a few numpy operations and `estimate()` is the same
+code with G = 1:
 1. per-layer-class costs on each stage's devices (`class_cost_table`),
 2. the split of layers into stages: closed form for uniform models, exact DP
    otherwise, memory-aware DP when asked (`build_stage_batch`),
@@ -20,7 +22,8 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, replace
-from typing import Sequence
+from functools import cached_property
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -162,14 +165,114 @@ def in_flight(schedule: np.ndarray, p: int, m: np.ndarray, v: np.ndarray) -> np.
     return np.where(sch == SCHEDULE_CODES["gpipe"], m, np.where(sch == SCHEDULE_CODES["interleaved"], inter, one_f))
 
 
+class CostKey(NamedTuple):
+    """What a layer class's cost depends on besides the stage's devices (a `Strategy` has the same fields)."""
+
+    tp: int
+    ep: int
+    ep_mode: str
+    sequence_parallel: bool
+    recompute: str
+    micro_batch: int
+
+    @property
+    def moe_tp(self) -> int:
+        return self.tp // self.ep if self.ep_mode == "tp" else self.tp
+
+
+@dataclass(frozen=True, eq=False)
+class Bases:
+    """G strategies sharing pp and virtual stages, as columns (ZeRO stage and schedule left to `assemble`):
+    what `build_stage_batch` prices. `layout` indexes `infos` (one per mesh layout), `key` indexes `keys`;
+    a search builds these directly instead of one `Strategy` per candidate."""
+
+    pp: int
+    v: int
+    dp: np.ndarray  # (G,) int
+    layout: np.ndarray  # (G,) int
+    infos: tuple[LayoutInfo, ...]
+    key: np.ndarray  # (G,) int
+    keys: tuple[CostKey, ...]
+    stages: np.ndarray | None = None  # (G, p*v + 1) given cut points, rows of -1 where none is given
+    strategies: tuple[Strategy, ...] | None = None  # where built from Strategy objects
+
+    def __len__(self) -> int:
+        return len(self.dp)
+
+    def take(self, idx: np.ndarray) -> "Bases":
+        idx = np.asarray(idx, dtype=np.int64)
+        return replace(self, dp=self.dp[idx], layout=self.layout[idx], key=self.key[idx],
+                       stages=None if self.stages is None else self.stages[idx],
+                       strategies=None if self.strategies is None else tuple(self.strategies[i] for i in idx))
+
+    def key_column(self, field: str) -> np.ndarray:
+        """(G,) one field of each strategy's cost key."""
+        return _key_columns(self.keys)[field][self.key]
+
+    @cached_property
+    def expert_ways(self) -> np.ndarray:
+        """(G,) data-parallel replication of expert weights (see `expert_ways`)."""
+        ep = self.key_column("ep")
+        return np.where(self.key_column("ep_mode") == "dp", np.maximum(self.dp // ep, 1), self.dp)
+
+
+_KEY_COLUMNS: dict[int, tuple[tuple, dict]] = {}
+
+
+def _key_columns(keys: tuple[CostKey, ...]) -> dict[str, np.ndarray]:
+    hit = _KEY_COLUMNS.get(id(keys))
+    if hit is not None and hit[0] is keys:
+        return hit[1]
+    cols = {f: np.array([getattr(k, f) for k in keys], dtype=object if f in ("ep_mode", "recompute") else None)
+            for f in CostKey._fields}
+    if len(_KEY_COLUMNS) > 256:
+        _KEY_COLUMNS.clear()
+    _KEY_COLUMNS[id(keys)] = (keys, cols)
+    return cols
+
+
+def bases_of(cluster: Cluster, workload: Training, ctx: CostContext, strategies: Sequence[Strategy]) -> Bases:
+    """`Bases` of Strategy objects that share pp and virtual stages."""
+    strategies = tuple(strategies)
+    G = len(strategies)
+    infos: list = []
+    keys: list[CostKey] = []
+    info_at: dict[int, int] = {}
+    key_at: dict[CostKey, int] = {}
+    layout = np.empty(G, dtype=np.int64)
+    key = np.empty(G, dtype=np.int64)
+    for g, s in enumerate(strategies):
+        info = layout_info(cluster, s, workload, ctx)
+        li = info_at.get(id(info))
+        if li is None:
+            li = info_at[id(info)] = len(infos)
+            infos.append(info)
+        layout[g] = li
+        ck = CostKey(s.tp, s.ep, s.ep_mode, s.sequence_parallel, s.recompute, s.micro_batch)
+        ki = key_at.get(ck)
+        if ki is None:
+            ki = key_at[ck] = len(keys)
+            keys.append(ck)
+        key[g] = ki
+    stages = None
+    if any(s.stages is not None for s in strategies):
+        width = max(len(s.stages) for s in strategies if s.stages is not None)
+        stages = np.full((G, width), -1, dtype=np.int64)
+        for g, s in enumerate(strategies):
+            if s.stages is not None:
+                stages[g] = s.stages
+    s0 = strategies[0]
+    return Bases(pp=s0.pp, v=s0.virtual_stages, dp=np.array([s.dp for s in strategies], dtype=np.int64),
+                 layout=layout, infos=tuple(infos), key=key, keys=tuple(keys), stages=stages, strategies=strategies)
+
+
 @dataclass(frozen=True)
 class StageBatch:
     """G strategies (same pp and virtual stages) with their layers split into stages.
 
     Arrays are (G, p) per stage and per micro-batch unless noted; `cuts` is (G, p*v + 1)."""
 
-    strategies: tuple[Strategy, ...]
-    links: tuple[tuple[StageLinks, ...], ...]
+    bases: Bases
     cuts: np.ndarray
     m: np.ndarray  # (G,) micro-batches per step
     exact: np.ndarray  # (G,) whether the split is the time-optimal one (or given)
@@ -193,11 +296,22 @@ class StageBatch:
 
     @property
     def pp(self) -> int:
-        return self.strategies[0].pp
+        return self.bases.pp
 
     @property
     def v(self) -> int:
-        return self.strategies[0].virtual_stages
+        return self.bases.v
+
+    @property
+    def G(self) -> int:
+        return len(self.bases)
+
+    @property
+    def strategies(self) -> tuple[Strategy, ...] | None:
+        return self.bases.strategies
+
+    def links_of(self, g: int) -> tuple[StageLinks, ...]:
+        return self.bases.infos[int(self.bases.layout[g])].links
 
 
 def _uniform_cuts(T: np.ndarray, extra: np.ndarray, num_blocks: int) -> np.ndarray:
@@ -317,17 +431,22 @@ def _cuts_from_blocks(k: np.ndarray) -> np.ndarray:
     return cuts
 
 
-def _boundary_bytes(model: ModelSpec, workload: Training, strategies: Sequence[Strategy]) -> np.ndarray:
+def _boundary_bytes(model: ModelSpec, workload: Training, micro_batch: np.ndarray, tp: np.ndarray,
+                    ctx: CostContext | None = None) -> np.ndarray:
     """(G, L + 1): bytes each TP rank sends at a cut before layer i (one micro-batch of activations)."""
     seq = workload.seq_len or model.seq_len
     b = _WEIGHT_BYTES[workload.dtype]
-    hfac = np.array([0.0] + [token_count(lay, seq) * lay.hidden for lay in model.layers])
-    scale = np.array([s.micro_batch * b / s.tp for s in strategies])
+    memo = {} if ctx is None else ctx.memo
+    hfac = memo.get(("boundary", id(model), seq))
+    if hfac is None:
+        hfac = memo[("boundary", id(model), seq)] = np.array(
+            [0.0] + [token_count(lay, seq) * lay.hidden for lay in model.layers])
+    scale = np.asarray(micro_batch, dtype=np.int64) * b / np.asarray(tp, dtype=np.int64)
     return scale[:, None] * hfac[None, :]
 
 
 @dataclass(frozen=True)
-class _LayoutInfo:
+class LayoutInfo:
     """What one mesh layout implies for every stage, computed once per search."""
 
     links: tuple[StageLinks, ...]
@@ -342,7 +461,7 @@ class _LayoutInfo:
     caps: np.ndarray
 
 
-def _layout_info(cluster: Cluster, s: Strategy, workload: Training, ctx: CostContext) -> _LayoutInfo:
+def layout_info(cluster: Cluster, s: Strategy, workload: Training, ctx: CostContext) -> LayoutInfo:
     key = ("layout", id(cluster), s.tp, s.pp, s.dp, s.ep, s.ep_mode, s.placement, workload.dtype)
     info = ctx.memo.get(key)
     if info is not None:
@@ -350,9 +469,12 @@ def _layout_info(cluster: Cluster, s: Strategy, workload: Training, ctx: CostCon
     prm = ctx.params
     links = resolve_layout(cluster, s, workload.dtype)
     registry = ctx.memo.setdefault("device_keys", {})
+    dev_links = ctx.memo.setdefault("device_links", {})
     dev_ids = np.array([registry.setdefault(lk.device_key, len(registry)) for lk in links])
+    for d, lk in zip(dev_ids, links):
+        dev_links.setdefault(int(d), lk)
     groups = tuple((int(d), dev_ids == d, int(np.argmax(dev_ids == d))) for d in np.unique(dev_ids))
-    info = ctx.memo[key] = _LayoutInfo(
+    info = ctx.memo[key] = LayoutInfo(
         links=links, dev_ids=dev_ids, dev_groups=groups, same_stage=len(groups) == 1,
         nb_bw=np.array([lk.next_bw_gbps for lk in links]) * prm.collective_efficiency,
         nb_lat=np.array([lk.next_latency_s for lk in links]) * prm.collective_latency_factor,
@@ -363,7 +485,8 @@ def _layout_info(cluster: Cluster, s: Strategy, workload: Training, ctx: CostCon
     return info
 
 
-def _class_params_cached(model: ModelSpec, s: Strategy, seq: int, ctx: CostContext) -> tuple[np.ndarray, ...]:
+def _class_params_cached(model: ModelSpec, s: Strategy | CostKey, seq: int, ctx: CostContext
+                         ) -> tuple[np.ndarray, ...]:
     key = ("class_params", id(model), s.tp, s.ep, s.moe_tp, seq)
     out = ctx.memo.get(key)
     if out is None:
@@ -372,40 +495,59 @@ def _class_params_cached(model: ModelSpec, s: Strategy, seq: int, ctx: CostConte
     return out
 
 
-def _cost_requests(strategies: Sequence[Strategy], infos: Sequence[_LayoutInfo], p: int
-                   ) -> tuple[list[tuple[StageLinks, Strategy]], np.ndarray]:
-    """One cost request per distinct (stage devices, tp, ep, SP, recompute, micro-batch), and the request of
-    each (strategy, stage): (G, p)."""
-    requests, req_of = [], {}
-    ridx = np.zeros((len(strategies), p), dtype=np.int64)
-    for g, (s, info) in enumerate(zip(strategies, infos)):
-        base = (s.tp, s.ep, s.ep_mode, s.sequence_parallel, s.recompute, s.micro_batch)
-        for d, mask, first in info.dev_groups:
-            key = (d,) + base
-            r = req_of.get(key)
-            if r is None:
-                r = req_of[key] = len(requests)
-                requests.append((info.links[first], s))
-            ridx[g, mask] = r
-    return requests, ridx
+def _requests(bases: Bases, dev: np.ndarray, ctx: CostContext) -> tuple[np.ndarray, list]:
+    """Codes of the distinct (stage devices, cost key) pairs of `dev` (G, p), and one cost request for each."""
+    n = len(bases.keys)
+    code = dev * n + bases.key[:, None]
+    uniq, inv = np.unique(code.ravel(), return_inverse=True)
+    dev_links = ctx.memo["device_links"]
+    requests = [(dev_links[int(u) // n], bases.keys[int(u) % n]) for u in uniq]
+    return inv.reshape(code.shape), requests
 
 
 def prime_class_costs(model: ModelSpec, cluster: Cluster, workload: Training, ctx: CostContext,
-                      strategies: Sequence[Strategy]) -> None:
+                      groups: Sequence[Bases]) -> None:
     """Price the layer classes of every strategy of a search in one `class_cost_table` call, so the later
     per-bucket calls find them in the memo: one vectorised call per layer class and (devices, tp, ep, SP,
-    recompute) covers every micro-batch size of the whole search."""
-    requests: dict[tuple, tuple[StageLinks, Strategy]] = {}
-    for s in strategies:
-        info = _layout_info(cluster, s, workload, ctx)
-        base = (s.tp, s.ep, s.ep_mode, s.sequence_parallel, s.recompute, s.micro_batch)
-        for d, _, first in info.dev_groups:
-            requests.setdefault((d,) + base, (info.links[first], s))
-    class_cost_table(model, ctx, workload, list(requests.values()))
+    recompute) covers every micro-batch size of the whole search. All `groups` share one `keys` tuple."""
+    requests: dict[tuple, tuple] = {}
+    dev_links = ctx.memo.get("device_links", {})
+    for bases in groups:
+        used, inv = np.unique(bases.layout, return_inverse=True)
+        dev = np.array([bases.infos[u].dev_ids for u in used])[inv]
+        n = len(bases.keys)
+        for u in np.unique((dev * n + bases.key[:, None]).ravel()):
+            d, k = divmod(int(u), n)
+            requests.setdefault((d, k), (dev_links[d], bases.keys[k]))
+    table = class_cost_table(model, ctx, workload, list(requests.values()))
+    if not groups or len({id(b.keys) for b in groups}) != 1:
+        return
+    # lookup tables for `build_stage_batch`: request row by (device id, cost key), class parameters by key
+    keys = groups[0].keys
+    lut = np.full((len(dev_links), len(keys)), -1, dtype=np.int64)
+    for r, (d, k) in enumerate(requests):
+        lut[d, k] = r
+    seq = workload.seq_len or model.seq_len
+    cp = [_class_params_cached(model, k, seq, ctx) for k in keys]
+    ctx.memo[("primed", id(model), seq, workload.dtype)] = _Primed(
+        keys=keys, lut=lut, table=table, dense=np.array([c[0] for c in cp]), expert=np.array([c[1] for c in cp]),
+        max_layer=np.array([c[2] for c in cp]))
+
+
+@dataclass(frozen=True, eq=False)
+class _Primed:
+    """Every cost request of a search, priced once (`prime_class_costs`)."""
+
+    keys: tuple[CostKey, ...]
+    lut: np.ndarray  # (devices, keys) row of `table`, -1 where not priced
+    table: np.ndarray  # (rows, K, 6)
+    dense: np.ndarray  # (keys, K) class parameters per cost key
+    expert: np.ndarray
+    max_layer: np.ndarray
 
 
 def build_stage_batch(model: ModelSpec, cluster: Cluster, workload: Training, ctx: CostContext,
-                      strategies: Sequence[Strategy], *, cuts: np.ndarray | None = None,
+                      strategies: Sequence[Strategy] | Bases, *, cuts: np.ndarray | None = None,
                       split: str = "optimal") -> StageBatch:
     """Costs of G strategies sharing pp and virtual stages, with the time-optimal split (or the given `cuts`,
     or each strategy's own `stages`).
@@ -413,36 +555,53 @@ def build_stage_batch(model: ModelSpec, cluster: Cluster, workload: Training, ct
     split="even": where the optimal split needs the general DP (non-uniform models, stages on different
     devices), use an even split instead and mark the group inexact; `pipe_lower_bound_s` then bounds what
     the optimal split could reach, so a search can run the DP only where it might matter."""
-    strategies = tuple(strategies)
+    bases = strategies if isinstance(strategies, Bases) else bases_of(cluster, workload, ctx, strategies)
     prm = ctx.params
     seq = workload.seq_len or model.seq_len
-    G = len(strategies)
-    p, v = strategies[0].pp, strategies[0].virtual_stages
+    G = len(bases)
+    p, v = bases.pp, bases.v
     L = len(model.layers)
     classes, cls_index = model.layer_classes
     cls_index = np.asarray(cls_index)
     K = len(classes)
-    infos = [_layout_info(cluster, s, workload, ctx) for s in strategies]
-    requests, ridx = _cost_requests(strategies, infos, p)
-    table = class_cost_table(model, ctx, workload, requests)
-    C = table[ridx]  # (G, p, K, 6)
-    t_cls = C[..., FWD] + C[..., BWD] + C[..., REC] + C[..., TPC] + C[..., EPC]  # (G, p, K)
-    same_stage = np.array([info.same_stage for info in infos])
-    m = np.array([workload.global_batch // s.dp // s.micro_batch for s in strategies])
+    used, linv = np.unique(bases.layout, return_inverse=True)
+    infos = [bases.infos[u] for u in used]
 
-    bnd = _boundary_bytes(model, workload, strategies)
-    nb_bw = np.array([info.nb_bw for info in infos])
-    nb_lat = np.array([info.nb_lat for info in infos])
+    def per_layout(attr: str) -> np.ndarray:
+        return np.array([getattr(info, attr) for info in infos])[linv]
+
+    dev = per_layout("dev_ids")
+    primed = ctx.memo.get(("primed", id(model), seq, workload.dtype))
+    if primed is not None and primed.keys is bases.keys and dev.max() < len(primed.lut):
+        ridx = primed.lut[dev, bases.key[:, None]]
+        if (ridx < 0).any():
+            primed = None
+    else:
+        primed = None
+    if primed is not None:
+        C = primed.table[ridx]
+    else:
+        ridx, requests = _requests(bases, dev, ctx)
+        C = class_cost_table(model, ctx, workload, requests)[ridx]  # (G, p, K, 6)
+    t_cls = C[..., FWD] + C[..., BWD] + C[..., REC] + C[..., TPC] + C[..., EPC]  # (G, p, K)
+    same_stage = per_layout("same_stage")
+    tp = bases.key_column("tp")
+    micro_batch = bases.key_column("micro_batch")
+    m = workload.global_batch // bases.dp // micro_batch
+
+    bnd = _boundary_bytes(model, workload, micro_batch, tp, ctx)
+    nb_bw = per_layout("nb_bw")
+    nb_lat = per_layout("nb_lat")
     chunks = p * v
 
     exact = np.ones(G, dtype=bool)
     mixed_lb = np.zeros(G)  # objective lower bound from the mixed closed form, where it ran
     if cuts is None:
         cuts = np.zeros((G, chunks + 1), dtype=np.int64)
-        given = [g for g, s in enumerate(strategies) if s.stages is not None]
-        for g in given:
-            cuts[g] = strategies[g].stages
-        todo = np.array([g for g in range(G) if strategies[g].stages is None], dtype=np.int64)
+        given = np.zeros(G, dtype=bool) if bases.stages is None else bases.stages[:, 0] >= 0
+        if given.any():
+            cuts[given] = bases.stages[given]
+        todo = np.flatnonzero(~given)
         if len(todo):
             fast = todo if model.is_uniform else np.array([], dtype=np.int64)
             if len(fast):  # uniform model: closed forms, and every cut sends the same bytes
@@ -465,7 +624,7 @@ def build_stage_batch(model: ModelSpec, cluster: Cluster, workload: Training, ct
                                                                  bottleneck_only=split == "even")
                     exact[mixed] = ok
                     mixed_lb[mixed] = lower
-            slow = np.setdiff1d(todo, fast)
+            slow = todo[:0] if model.is_uniform else todo
             if split == "even":
                 for g in slow:
                     cuts[g] = even_partition(L, chunks)
@@ -487,8 +646,10 @@ def build_stage_batch(model: ModelSpec, cluster: Cluster, workload: Training, ct
     chunk_counts = onehot_prefix[cuts[:, 1:]] - onehot_prefix[cuts[:, :-1]]  # (G, chunks, K)
     counts = chunk_counts.reshape(G, v, p, K).sum(axis=1) if v > 1 else chunk_counts
 
+    fields = (counts[None] * np.ascontiguousarray(np.moveaxis(C, 3, 0))).sum(axis=3)  # (6, G, p)
+
     def per_stage(field: int) -> np.ndarray:
-        return (counts * C[..., field]).sum(axis=2)
+        return fields[field]
 
     if v == 1:
         gi = np.arange(G)[:, None]
@@ -504,10 +665,15 @@ def build_stage_batch(model: ModelSpec, cluster: Cluster, workload: Training, ct
     tp_mb, ep_mb = per_stage(TPC), per_stage(EPC)
     p2p = p2p + prm.microbatch_overhead_s  # per micro-batch bookkeeping, counted with the stage-to-stage sends
 
-    cp = [_class_params_cached(model, s, seq, ctx) for s in strategies]
-    dense_cls = np.array([c[0] for c in cp])  # (G, K)
-    expert_cls = np.array([c[1] for c in cp])
-    max_layer = np.array([c[2] for c in cp])
+    if primed is not None:
+        dense_cls, expert_cls, max_layer = (primed.dense[bases.key], primed.expert[bases.key],
+                                            primed.max_layer[bases.key])
+    else:
+        ukeys, kinv = np.unique(bases.key, return_inverse=True)
+        cp = [_class_params_cached(model, bases.keys[k], seq, ctx) for k in ukeys]
+        dense_cls = np.array([c[0] for c in cp])[kinv]  # (G, K)
+        expert_cls = np.array([c[1] for c in cp])[kinv]
+        max_layer = np.array([c[2] for c in cp])[kinv]
     dense_params = (counts * dense_cls[:, None, :]).sum(axis=2)
     expert_params = (counts * expert_cls[:, None, :]).sum(axis=2)
     head = model.layers[-1]
@@ -517,12 +683,12 @@ def build_stage_batch(model: ModelSpec, cluster: Cluster, workload: Training, ct
         # (DeepSpeed's allreduce_tied_weight_gradients, Megatron's embedding all-reduce), not through the
         # data-parallel buckets that `grad_dtype` describes
         gb = _WEIGHT_BYTES[workload.dtype]
-        for g, s in enumerate(strategies):
-            copy = head.vocab * head.hidden / s.tp
-            dense_params[g, -1] += copy  # the last stage keeps its own copy of the tied embedding
-            lk = infos[g].links[0]
-            tied_sync[g] = float(all_reduce_s(copy * gb, 2, min(lk.next_bw_gbps, lk.dp_bw_gbps) *
-                                              prm.collective_efficiency, lk.next_latency_s))
+        copy = head.vocab * head.hidden / tp
+        dense_params[:, -1] += copy  # the last stage keeps its own copy of the tied embedding
+        first = [info.links[0] for info in infos]
+        bw = np.array([min(lk.next_bw_gbps, lk.dp_bw_gbps) * prm.collective_efficiency for lk in first])[linv]
+        lat = np.array([lk.next_latency_s for lk in first])[linv]
+        tied_sync = np.asarray(all_reduce_s(copy * gb, 2, bw, lat), dtype=float)
     # lower bound of the pipeline time over every split. t_min: each layer class on its fastest stage; stage j
     # is at least f_j times slower on every class, so the slowest stage needs at least
     # sum(t_min) / sum_j(1 / f_j) (all stages finishing together), and at least one layer's time
@@ -537,13 +703,13 @@ def build_stage_batch(model: ModelSpec, cluster: Cluster, workload: Training, ct
     if v == 1:
         pipe_lb = np.maximum(pipe_lb, mixed_lb)
     return StageBatch(
-        strategies=strategies, links=tuple(info.links for info in infos), cuts=cuts, m=m, exact=exact,
+        bases=bases, cuts=cuts, m=m, exact=exact,
         pipe_lower_bound_s=pipe_lb,
         stage_t=compute + tp_mb + ep_mb + p2p, compute_mb=compute, bwd_mb=per_stage(BWD), tp_mb=tp_mb,
         ep_mb=ep_mb, p2p_mb=p2p, rec_mb=per_stage(REC), dense_params=dense_params, expert_params=expert_params,
         act_mb=per_stage(ACT), max_layer_params=max_layer, tied_sync_s=tied_sync,
-        dp_bw=np.array([info.dp_bw for info in infos]), dp_lat=np.array([info.dp_lat for info in infos]),
-        mem_gbps=np.array([info.mem_gbps for info in infos]), caps=np.array([info.caps for info in infos]))
+        dp_bw=per_layout("dp_bw"), dp_lat=per_layout("dp_lat"), mem_gbps=per_layout("mem_gbps"),
+        caps=per_layout("caps"))
 
 
 def _p2p_matrices(bnd: np.ndarray, nb_bw: np.ndarray, nb_lat: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray]:
@@ -582,7 +748,7 @@ def memory_aware_cuts(model: ModelSpec, cluster: Cluster, workload: Training, ct
     split fits (decided first by an exact greedy test, so hopeless strategies cost no DP)."""
     if s.virtual_stages > 1 or s.pp == 1:
         return None
-    info = _layout_info(cluster, s, workload, ctx)
+    info = layout_info(cluster, s, workload, ctx)
     m = workload.global_batch // s.dp // s.micro_batch
     p, L = s.pp, len(model.layers)
     classes, cls_index = model.layer_classes
@@ -609,7 +775,7 @@ def memory_aware_cuts(model: ModelSpec, cluster: Cluster, workload: Training, ct
     caps = info.caps * usable
     if not _greedy_memory_fit(layer_mem, caps - reserved):
         return None
-    out, inn = _p2p_matrices(_boundary_bytes(model, workload, [s])[0], info.nb_bw, info.nb_lat, p)
+    out, inn = _p2p_matrices(_boundary_bytes(model, workload, np.array([s.micro_batch]), np.array([s.tp]))[0], info.nb_bw, info.nb_lat, p)
     res = partition(t_layer, weight=float(m - 1), out_cost=out, in_cost=inn, layer_mem=layer_mem,
                     mem_fixed=np.full(p, reserved), mem_cap=caps)
     return res.boundaries if res.feasible else None
@@ -641,61 +807,76 @@ class Assembled:
 def assemble(batch: StageBatch, workload: Training, ctx: CostContext, zero: np.ndarray, schedule: np.ndarray
              ) -> Assembled:
     """Price V (ZeRO stage, schedule) variants per group: `zero` and `schedule` are (V,) shared by all groups,
-    or (G, V) for per-group variants."""
+    or (G, V) for per-group variants. Model state and data-parallel sync depend only on the ZeRO stage and
+    activations only on the schedule, so shared variants are computed once per distinct value of each."""
     prm = ctx.params
     G, p = batch.stage_t.shape
-    zero = np.asarray(zero)
-    zero = np.broadcast_to(zero, (G, zero.shape[-1])) if zero.ndim == 1 else zero
-    schedule = np.asarray(schedule)
-    schedule = np.broadcast_to(schedule, (G, schedule.shape[-1])) if schedule.ndim == 1 else schedule
-    V = zero.shape[1]
+    zero, schedule = np.asarray(zero), np.asarray(schedule)
+    if zero.ndim == 1 and schedule.ndim == 1:
+        zu, zi = np.unique(zero, return_inverse=True)
+        su, si = np.unique(schedule, return_inverse=True)
+        zero, schedule = np.broadcast_to(zu, (G, len(zu))), su
+    else:
+        zero = np.broadcast_to(zero, (G, zero.shape[-1])) if zero.ndim == 1 else zero
+        schedule = np.broadcast_to(schedule, (G, schedule.shape[-1])) if schedule.ndim == 1 else schedule
+        zi = si = np.arange(zero.shape[1])
+    V = len(zi)
     sb = static_bytes(workload)
-    dp = np.array([s.dp for s in batch.strategies], dtype=float)
-    ew = np.array([expert_ways(s) for s in batch.strategies], dtype=float)
-    z = zero[:, :, None]
+    dp = batch.bases.dp.astype(float)
+    ew = batch.bases.expert_ways.astype(float)
+    z = zero[:, :, None]  # (G, Z, 1)
     wd, gd, od = _zero_div(z, dp[:, None, None])
     we, ge, oe = _zero_div(z, ew[:, None, None])
     dense = batch.dense_params[:, None, :]
     expert = batch.expert_params[:, None, :]
-    flight = in_flight(schedule, p, batch.m, np.full(G, batch.v))
+    flight = in_flight(schedule, p, batch.m, np.full(G, batch.v))  # (G, S, p)
     reserved = _reserved(prm.memory_reserved_bytes, zero, batch.max_layer_params, sb)[:, :, None]
+    if batch.expert_params.any():
+        weights = dense * sb.weights / wd + expert * sb.weights / we
+        gradients = dense * sb.gradients / gd + expert * sb.gradients / ge
+        optimizer = dense * sb.optimizer / od + expert * sb.optimizer / oe
+        opt_params = dense / od + expert / oe
+    else:  # no experts: the expert terms add exact zeros
+        weights = dense * sb.weights / wd
+        gradients = dense * sb.gradients / gd
+        optimizer = dense * sb.optimizer / od
+        opt_params = dense / od
+    activations = batch.act_mb[:, None, :] * flight
+    static = weights + gradients + optimizer
     memory = {
-        "weights": dense * sb.weights / wd + expert * sb.weights / we,
-        "gradients": dense * sb.gradients / gd + expert * sb.gradients / ge,
-        "optimizer": dense * sb.optimizer / od + expert * sb.optimizer / oe,
-        "activations": batch.act_mb[:, None, :] * flight,
-        "kv_cache": np.zeros((G, V, p)),
-        "reserved": np.broadcast_to(reserved, (G, V, p)),
+        "weights": weights[:, zi], "gradients": gradients[:, zi], "optimizer": optimizer[:, zi],
+        "activations": activations[:, si], "kv_cache": np.zeros((G, V, p)),
+        "reserved": np.broadcast_to(reserved[:, zi], (G, V, p)),
     }
-    stage_mem = sum(memory.values())
+    stage_mem = static[:, zi] + activations[:, si] + reserved[:, zi]
 
     gb = _WEIGHT_BYTES[workload.grad_dtype or workload.dtype]
     bw, lat = batch.dp_bw[:, None, :], batch.dp_lat[:, None, :]
     m = batch.m[:, None, None].astype(float)
-    dp_time = np.zeros((G, V, p))
+    dp_time = np.zeros((G, zero.shape[1], p))
     for count, ways in ((dense, dp[:, None, None]), (expert, ew[:, None, None])):
         ar = all_reduce_s(count * gb, ways, bw, lat)
         rs = reduce_scatter_s(count * gb, ways, bw, lat)
         ag = all_gather_s(count * sb.weights, ways, bw, lat)
         dp_time = dp_time + np.where(z == 0, ar, np.where(z <= 2, rs + ag, m * (2 * ag + rs)))
     window = prm.dp_overlap * np.where(z >= 3, m * batch.compute_mb[:, None, :], batch.bwd_mb[:, None, :])
-    exposed = np.maximum(dp_time - window, 0.0)
-    opt_time = (dense / od + expert / oe) * prm.optimizer_bytes_per_param / (batch.mem_gbps[:, None, :] * 1e9)
+    exposed = np.maximum(dp_time - window, 0.0).max(axis=2)[:, zi]
+    opt_time = opt_params * prm.optimizer_bytes_per_param / (batch.mem_gbps[:, None, :] * 1e9)
     slow = np.argmax(batch.stage_t, axis=1)
     t_max = batch.stage_t.max(axis=1)
     bubble = (batch.stage_t.sum(axis=1) - t_max) / batch.v
     pipe = batch.m * t_max + bubble
-    opt_total = opt_time.max(axis=2) + batch.tied_sync_s[:, None]
-    step = pipe[:, None] + exposed.max(axis=2) + opt_total + prm.step_overhead_s
+    opt_total = (opt_time.max(axis=2) + batch.tied_sync_s[:, None])[:, zi]
+    step = pipe[:, None] + exposed + opt_total + prm.step_overhead_s
     return Assembled(time_s=step, pipeline_s=np.broadcast_to(pipe[:, None], (G, V)),
-                     bubble_s=np.broadcast_to(bubble[:, None], (G, V)), dp_total_s=dp_time,
-                     dp_exposed_s=exposed.max(axis=2), optimizer_s=opt_total, memory=memory, stage_mem=stage_mem,
+                     bubble_s=np.broadcast_to(bubble[:, None], (G, V)), dp_total_s=dp_time[:, zi],
+                     dp_exposed_s=exposed, optimizer_s=opt_total, memory=memory, stage_mem=stage_mem,
                      slow=slow)
 
 
 def breakdown_arrays(batch: StageBatch, a: Assembled) -> dict[str, np.ndarray]:
     """The additive time terms, (G, V): they sum to `a.time_s`."""
-    gi = np.arange(len(batch.strategies))
+    gi = np.arange(batch.G)
     m = batch.m.astype(float)
     slow = a.slow
     V = a.time_s.shape[1]
@@ -841,7 +1022,7 @@ def to_estimate(model: ModelSpec, cluster: Cluster, workload: Training, batch: S
     peak = peak_flops(cluster, workload.dtype)
     rec_flops = workload.global_batch * recompute_flops_per_sample(model, s.recompute, seq)
     cuts = tuple(int(c) for c in batch.cuts[g])
-    links = batch.links[g]
+    links = batch.links_of(g)
     notes = []
     if links[slow].num_gpu_types > 1:
         notes.append(f"stage {slow} mixes GPU types; its slowest GPU ({links[slow].gpu.name}) sets its pace")

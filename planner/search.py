@@ -28,9 +28,9 @@ from costmodel.pricing import ADDITIVE_TERMS, CostContext, Estimate, estimate
 from costmodel.model import ModelSpec
 from costmodel.params import CostParams
 from costmodel.strategy import Strategy
-from costmodel.training import (SCHEDULE_CODES, all_splits, assemble, breakdown_arrays, build_stage_batch,
-                                in_flight, memory_aware_cuts, model_flops_per_step, peak_flops,
-                                prime_class_costs)
+from costmodel.training import (SCHEDULE_CODES, Bases, CostKey, layout_info, all_splits, assemble,
+                                breakdown_arrays, build_stage_batch, in_flight, memory_aware_cuts,
+                                model_flops_per_step, peak_flops, prime_class_costs)
 from costmodel.workload import Inference, Training
 from hardware_profiles.topology import Cluster
 
@@ -100,21 +100,28 @@ def _est_columns(e: Estimate) -> dict[str, Any]:
     return d
 
 
-def _training_groups(model: ModelSpec, cluster: Cluster, workload: Training, space: SearchSpace
-                     ) -> dict[tuple[int, int], list[Strategy]]:
-    """Base strategies (ZeRO stage and schedule left open), bucketed by (pp, virtual stages)."""
-    buckets: dict[tuple[int, int], list[Strategy]] = {}
+def _training_groups(model: ModelSpec, cluster: Cluster, workload: Training, space: SearchSpace, ctx: CostContext
+                     ) -> tuple[dict[tuple[int, int], Bases], list[str]]:
+    """Base strategies (ZeRO stage and schedule left open) as columns, bucketed by (pp, virtual stages), and the
+    placement text of each layout."""
+    rows: dict[tuple[int, int], list[tuple[int, int, int]]] = {}  # (layout, dp, cost key) per base
     entries = len(model.layers)
     seen: set = set()
+    infos: list = []
+    placements: list[str] = []
+    keys: list[CostKey] = []
+    key_at: dict[CostKey, int] = {}
     for lay in layouts(model, cluster, workload, space):
+        mesh = Strategy(tp=lay.tp, pp=lay.pp, dp=lay.dp, ep=lay.ep, ep_mode=lay.ep_mode, placement=lay.placement)
         if lay.placement is not None or not cluster.is_homogeneous:
             # node orders that put the same devices and links under every stage price the same: keep one
-            sig = (lay.tp, lay.pp, lay.dp, lay.ep, lay.ep_mode,
-                   resolve_layout(cluster, Strategy(tp=lay.tp, pp=lay.pp, dp=lay.dp, ep=lay.ep, ep_mode=lay.ep_mode,
-                                                    placement=lay.placement), workload.dtype))
+            sig = (lay.tp, lay.pp, lay.dp, lay.ep, lay.ep_mode, resolve_layout(cluster, mesh, workload.dtype))
             if sig in seen:
                 continue
             seen.add(sig)
+        li = len(infos)
+        infos.append(layout_info(cluster, mesh, workload, ctx))
+        placements.append("" if lay.placement is None else ",".join(map(str, lay.placement)))
         per_replica = workload.global_batch // lay.dp
         for mb in micro_batches(per_replica, space):
             m = per_replica // mb
@@ -123,28 +130,35 @@ def _training_groups(model: ModelSpec, cluster: Cluster, workload: Training, spa
                 vs += [v for v in space.virtual_stages if lay.pp * v <= entries]
             for rec in space.recompute:
                 for sp in (space.sequence_parallel if lay.tp > 1 else (False,)):
+                    ck = CostKey(lay.tp, lay.ep, lay.ep_mode, sp, rec, mb)
+                    ki = key_at.get(ck)
+                    if ki is None:
+                        ki = key_at[ck] = len(keys)
+                        keys.append(ck)
                     for v in vs:
-                        buckets.setdefault((lay.pp, v), []).append(Strategy(
-                            tp=lay.tp, pp=lay.pp, dp=lay.dp, ep=lay.ep, ep_mode=lay.ep_mode, micro_batch=mb,
-                            recompute=rec, sequence_parallel=sp, schedule="1f1b" if v == 1 else "interleaved",
-                            virtual_stages=v, placement=lay.placement))
-    return buckets
+                        rows.setdefault((lay.pp, v), []).append((li, lay.dp, ki))
+    all_infos, all_keys = tuple(infos), tuple(keys)
+    out = {}
+    for (pp, v), r in rows.items():
+        a = np.array(r, dtype=np.int64)
+        out[(pp, v)] = Bases(pp=pp, v=v, dp=a[:, 1], layout=a[:, 0], infos=all_infos, key=a[:, 2], keys=all_keys)
+    return out, placements
 
 
 def _training_frame(model: ModelSpec, cluster: Cluster, workload: Training, space: SearchSpace, ctx: CostContext,
-                    cache: dict, usable: float) -> pd.DataFrame:
-    """Every training candidate, priced in bulk: one row per (base strategy, ZeRO stage, schedule).
+                    cache: dict, usable: float) -> dict[str, np.ndarray]:
+    """Every training candidate, priced in bulk: one row per (base strategy, ZeRO stage, schedule); columns.
 
     Groups whose optimal split needs the general DP are first priced with an even split; the DP then runs
     only for groups whose pipeline lower bound beats the best time found."""
     info = {"mflops": model_flops_per_step(model, workload), "peak": peak_flops(cluster, workload.dtype),
             "usable": usable}
-    groups = _training_groups(model, cluster, workload, space)
-    prime_class_costs(model, cluster, workload, ctx, [s for bases in groups.values() for s in bases])
+    groups, info["placements"] = _training_groups(model, cluster, workload, space, ctx)
+    prime_class_costs(model, cluster, workload, ctx, list(groups.values()))
     parts = [_price_bucket(model, cluster, workload, space, ctx, cache, bases, "even", info)
              for bases in groups.values()]
     if not parts:
-        return pd.DataFrame()
+        return {}
     cols = _concat_columns(parts)
     fits = cols["fits"]
     best = cols["time_s"][fits].min() if fits.any() else np.inf
@@ -157,9 +171,9 @@ def _training_frame(model: ModelSpec, cluster: Cluster, workload: Training, spac
             gs = np.unique(cols["_g"][need & (cols["_bid"] == bid)])
             drop |= (cols["_bid"] == bid) & np.isin(cols["_g"], gs)
             redo.append(_price_bucket(model, cluster, workload, space, ctx, cache,
-                                      [batch.strategies[g] for g in gs], "optimal", info))
+                                      batch.bases.take(gs), "optimal", info))
         cols = _concat_columns([{k: v[~drop] for k, v in cols.items()}, *redo])
-    return pd.DataFrame(cols)
+    return cols
 
 
 def _concat_columns(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -167,10 +181,10 @@ def _concat_columns(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]
 
 
 def _price_bucket(model: ModelSpec, cluster: Cluster, workload: Training, space: SearchSpace, ctx: CostContext,
-                  cache: dict, bases: list[Strategy], split: str, info: dict) -> dict[str, np.ndarray]:
+                  cache: dict, bases: Bases, split: str, info: dict) -> dict[str, np.ndarray]:
     """Columns of the candidates of one (pp, virtual stages) bucket: every base strategy x ZeRO x schedule."""
     seq = workload.seq_len or model.seq_len
-    pp, v = bases[0].pp, bases[0].virtual_stages
+    pp, v = bases.pp, bases.v
     if v > 1:
         scheds = ["interleaved"]
     elif pp > 1:
@@ -184,7 +198,7 @@ def _price_bucket(model: ModelSpec, cluster: Cluster, workload: Training, space:
     G = len(bases)
     if splits is not None:  # small: every split, each (strategy, variant) keeps its best on the full step time
         S = len(splits)
-        batch = build_stage_batch(model, cluster, workload, ctx, [b for b in bases for _ in range(S)],
+        batch = build_stage_batch(model, cluster, workload, ctx, bases.take(np.repeat(np.arange(G), S)),
                                   cuts=np.tile(splits, (G, 1)))
         a = assemble(batch, workload, ctx, zero, sched)
         V = a.time_s.shape[1]
@@ -201,7 +215,7 @@ def _price_bucket(model: ModelSpec, cluster: Cluster, workload: Training, space:
     cache[bid] = (batch, a, combos)
     gi, vi = np.meshgrid(np.arange(G), np.arange(V), indexing="ij")
     gi, vi = gi.ravel(), vi.ravel()
-    dp = np.array([b.dp for b in bases])
+    dp = bases.dp
     valid = (dp[gi] > 1) | (zero[vi] == 0)
     gi, vi = gi[valid], vi[valid]
     xg = sel[gi, vi]  # row of the (possibly expanded) batch that prices each candidate
@@ -211,17 +225,20 @@ def _price_bucket(model: ModelSpec, cluster: Cluster, workload: Training, space:
     rows = np.arange(len(gi))
     t = a.time_s[xg, vi]
 
-    def per_group(values: list) -> np.ndarray:
-        return np.asarray(values, dtype=object if isinstance(values[0], str) else None)[gi]
+    def per_group(field: str) -> np.ndarray:
+        return bases.key_column(field)[gi]
 
-    placements = per_group(["" if b.placement is None else ",".join(map(str, b.placement)) for b in bases])
-    stages = np.array([",".join(map(str, c)) if v == 1 else "" for c in batch.cuts], dtype=object)[xg]
+    placements = np.array(info["placements"], dtype=object)[bases.layout[gi]]
+    if v == 1:
+        stages = np.array([",".join(map(str, c)) for c in batch.cuts.tolist()], dtype=object)[xg]
+    else:
+        stages = np.full(len(xg), "", dtype=object)
     cols: dict[str, Any] = {
-        "tp": per_group([b.tp for b in bases]), "pp": pp, "dp": dp[gi], "ep": per_group([b.ep for b in bases]),
-        "ep_mode": per_group([b.ep_mode for b in bases]), "micro_batch": per_group([b.micro_batch for b in bases]),
+        "tp": per_group("tp"), "pp": pp, "dp": dp[gi], "ep": per_group("ep"),
+        "ep_mode": per_group("ep_mode"), "micro_batch": per_group("micro_batch"),
         "schedule": np.array([x for _, x in combos], dtype=object)[vi], "virtual_stages": v,
-        "recompute": per_group([b.recompute for b in bases]),
-        "sequence_parallel": per_group([b.sequence_parallel for b in bases]), "zero": zero[vi],
+        "recompute": per_group("recompute"), "sequence_parallel": per_group("sequence_parallel"),
+        "zero": zero[vi],
         "placement": placements,
         "num_gpus": cluster.num_gpus, "time_s": t, "tokens_per_s": workload.global_batch * seq / t,
         "memory_gb": mem[rows, fullest] / 1e9, "capacity_gb": caps[rows, fullest] / 1e9,
@@ -245,7 +262,7 @@ def _memory_lower_bound(batch, a, sched: np.ndarray) -> np.ndarray:
     needs at least the average of s_j + f_j a_j weighted by 1/f_j: (S / f_max + A) / sum_j(1 / f_j), plus
     the fixed reserve, where S and A are the model's totals."""
     static = (a.memory["weights"] + a.memory["gradients"] + a.memory["optimizer"]).sum(axis=2)
-    flight = in_flight(sched, batch.pp, batch.m, np.full(len(batch.strategies), batch.v))
+    flight = in_flight(sched, batch.pp, batch.m, np.full(batch.G, batch.v))
     act_total = batch.act_mb.sum(axis=1)[:, None]
     h = (1.0 / flight).sum(axis=2)
     return (static / flight.max(axis=2) + act_total) / h + a.memory["reserved"][:, :, 0]
@@ -388,82 +405,91 @@ def plan(model: ModelSpec | str, cluster: Cluster | str, workload: Training | In
         if constraints.max_gpus is not None and constraints.max_gpus < cluster.num_gpus:
             raise PlannerOptionError("training plans use the whole cluster; describe a smaller cluster instead "
                                      "of max_gpus")
-        df = _training_frame(model, cluster, workload, space, ctx, cache, 1.0 - constraints.memory_headroom)
+        cols = _training_frame(model, cluster, workload, space, ctx, cache, 1.0 - constraints.memory_headroom)
     else:
         rows, cache = _inference_rows(model, cluster, workload, space, ctx.params, ctx.profiles, constraints)
-        df = pd.DataFrame(rows)
-    if df.empty:
+        frame = pd.DataFrame(rows)
+        cols = {c: frame[c].to_numpy() for c in frame}
+    if not cols or not len(cols["time_s"]):
         raise NoFeasiblePlanError(
             f"no valid strategy exists for {model.name} on {cluster.describe()}: check that the GPU count can "
             f"be split into tp x pp x dp with tp dividing the heads ({model.num_heads}) and KV heads "
             f"({model.num_kv_heads}) and dp dividing the batch")
     price = sum(g.price_usd_per_hour or math.nan for g in cluster.gpus) / cluster.num_gpus
-    df["usd_per_hour"] = df["num_gpus"] * price
+    cols["usd_per_hour"] = cols["num_gpus"] * price
     usable = 1.0 - constraints.memory_headroom
 
     if kind == "training":
-        _refine_memory(df, model, cluster, workload, ctx, cache, usable)
-    df["objective"] = _objective_column(df, kind, objective, workload)
-    fits = df["fits"].to_numpy()
-    reason = np.full(len(df), "", dtype=object)
-    reason[~fits] = [f"memory: needs {m:.1f} GB per GPU, {c * usable:.1f} GB usable" for m, c in
-                     zip(df["memory_gb"].to_numpy()[~fits], df["capacity_gb"].to_numpy()[~fits])]
+        _refine_memory(cols, model, cluster, workload, ctx, usable)
+    cols["objective"] = np.asarray(_objective_column(cols, kind, objective, workload))
+    fits = cols["fits"].astype(bool)
+    reason = np.full(len(fits), "", dtype=object)
+    if not fits.all():
+        reason[~fits] = ("memory: needs " + _formatted(cols["memory_gb"][~fits], "{:.1f}") + " GB per GPU, " +
+                         _formatted(cols["capacity_gb"][~fits] * usable, "{:.1f}") + " GB usable")
     ok = fits.copy()
     for col, lim, label in (("ttft_s", constraints.max_ttft_s, "TTFT"), ("tpot_s", constraints.max_tpot_s, "TPOT")):
-        if lim is not None and col in df:
-            bad = ok & (df[col].to_numpy() > lim)
-            reason[bad] = [f"{label} {v * 1e3:.1f} ms > limit {lim * 1e3:.1f} ms" for v in df[col].to_numpy()[bad]]
+        if lim is not None and col in cols:
+            bad = ok & (cols[col] > lim)
+            reason[bad] = [f"{label} {v * 1e3:.1f} ms > limit {lim * 1e3:.1f} ms" for v in cols[col][bad]]
             ok &= ~bad
     if constraints.max_usd_per_hour is not None:
-        bad = ok & (df["usd_per_hour"].to_numpy() > constraints.max_usd_per_hour)
+        bad = ok & (cols["usd_per_hour"] > constraints.max_usd_per_hour)
         reason[bad] = [f"price ${v:.2f}/h > limit ${constraints.max_usd_per_hour:.2f}/h"
-                       for v in df["usd_per_hour"].to_numpy()[bad]]
+                       for v in cols["usd_per_hour"][bad]]
         ok &= ~bad
-    df["reason"] = reason
-    df["pruned"] = ~ok
+    cols["reason"] = reason
+    cols["pruned"] = ~ok
     if not ok.any():
-        raise _no_plan_error(df, model, cluster, constraints)
-    df = df.sort_values(["pruned", "objective", "num_gpus", "time_s"], kind="stable").reset_index(drop=True)
-    df.insert(0, "rank", np.where(df["pruned"], 0, np.arange(1, len(df) + 1)))
+        raise _no_plan_error(pd.DataFrame(cols), model, cluster, constraints)
+    # stable, NaN last: the order pandas' sort_values(kind="stable") gives
+    order = np.lexsort((cols["time_s"], cols["num_gpus"], cols["objective"], cols["pruned"]))
+    pruned = cols["pruned"][order]
+    out = {"rank": np.where(pruned, 0, np.arange(1, len(order) + 1))}
+    out.update((k, v[order]) for k, v in cols.items() if k not in ("_bid", "_g", "_v"))
+    key = cols["_key"][order] if "_key" in cols else None
+    out.pop("_key", None)
+    df = pd.DataFrame(out)
 
     best_row = df.iloc[0]
-    best = _finalize(best_row, model, cluster, workload, ctx, cache, objective)
+    best = _finalize(best_row, model, cluster, workload, ctx, cache, objective, None if key is None else key[0])
     mesh = ["tp", "pp", "dp", "ep"]
-    other_mesh = (df[mesh].to_numpy() != best_row[mesh].to_numpy().astype(np.int64)).any(axis=1)
-    others = np.flatnonzero(~df["pruned"].to_numpy() & other_mesh)
-    runner = _finalize(df.iloc[others[0]], model, cluster, workload, ctx, cache, objective) if len(others) else None
-    df = df.drop(columns=[c for c in ("_key", "_bid", "_g", "_v") if c in df])
+    mesh_cols = np.stack([out[c].astype(np.int64) for c in mesh], axis=1)
+    others = np.flatnonzero(~pruned & (mesh_cols != mesh_cols[0]).any(axis=1))
+    runner = None
+    if len(others):
+        runner = _finalize(df.iloc[others[0]], model, cluster, workload, ctx, cache, objective,
+                           None if key is None else key[others[0]])
     return PlanResult(best=best, candidates=df, runner_up=runner, objective=objective,
                       search_time_s=time.perf_counter() - t0, constraints=constraints, cluster=cluster,
                       params=ctx.params, profiles=ctx.profiles)
 
 
-def _refine_memory(df: pd.DataFrame, model: ModelSpec, cluster: Cluster, workload: Training, ctx: CostContext,
-                   cache: dict, usable: float, chunk: int = 16) -> None:
+def _refine_memory(cols: dict[str, np.ndarray], model: ModelSpec, cluster: Cluster, workload: Training,
+                   ctx: CostContext, usable: float, chunk: int = 16) -> None:
     """Re-price, with the memory-aware split, non-fitting candidates that could still beat the best.
 
     A memory-aware split never lowers the step time, so candidates at or above the best fitting time are
     skipped, and so are those whose memory lower bound (any split) exceeds the GPU, one-stage and
     interleaved candidates (no contiguous split to change). An exact greedy test rules out the rest that no
     split can fit before any DP runs; the survivors are priced together, a chunk at a time."""
-    best = df.loc[df["fits"], "time_s"].min() if df["fits"].any() else math.inf
-    todo = df[~df["fits"] & (df["pp"] > 1) & (df["virtual_stages"] == 1) &
-              (df["memory_lb_gb"] <= df["capacity_gb"] * usable)].sort_values("time_s")
-    if todo.empty:
+    fits, time_s = cols["fits"], cols["time_s"]
+    best = time_s[fits].min() if fits.any() else math.inf
+    todo = np.flatnonzero(~fits & (cols["pp"] > 1) & (cols["virtual_stages"] == 1) &
+                          (cols["memory_lb_gb"] <= cols["capacity_gb"] * usable))
+    if not len(todo):
         return
-    cols = ["time_s", "memory_gb", "capacity_gb", "fits", "shortfall_gb", "stages", "tokens_per_s", "mfu",
-            *ADDITIVE_TERMS]
+    todo = todo[np.argsort(time_s[todo], kind="quicksort")]  # the order pandas' sort_values gives
     seq = workload.seq_len or model.seq_len
     mflops, peak = model_flops_per_step(model, workload), peak_flops(cluster, workload.dtype)
     updates: dict[int, list] = {}
-    rows = list(zip(todo.index, todo.itertuples(index=False)))
-    for start in range(0, len(rows), chunk):
-        part = [(i, r) for i, r in rows[start:start + chunk] if r.time_s < best]
+    for start in range(0, len(todo), chunk):
+        part = [int(i) for i in todo[start:start + chunk] if time_s[i] < best]
         if not part:
             break
         aware = []
-        for i, r in part:
-            strat = _strategy_of(r._asdict())
+        for i in part:
+            strat = _strategy_at(cols, i)
             cuts = memory_aware_cuts(model, cluster, workload, ctx, strat, usable)
             if cuts is not None:
                 aware.append((i, strat.with_(stages=tuple(cuts))))
@@ -483,13 +509,17 @@ def _refine_memory(df: pd.DataFrame, model: ModelSpec, cluster: Cluster, workloa
                               mflops / (t * peak) if peak else 0.0, *(float(bd[k][g, 0]) for k in ADDITIVE_TERMS)]
                 if short <= 0:
                     best = min(best, t)
-    if updates:
-        at = df.index.get_indexer(list(updates))
-        values = list(zip(*updates.values()))  # one tuple per column
-        for c, column in zip(cols, values):
-            arr = df[c].to_numpy(copy=True)
-            arr[at] = column
-            df[c] = arr
+    names = ["time_s", "memory_gb", "capacity_gb", "fits", "shortfall_gb", "stages", "tokens_per_s", "mfu",
+             *ADDITIVE_TERMS]
+    for i, values in updates.items():
+        for c, x in zip(names, values):
+            cols[c][i] = x
+
+
+def _strategy_at(cols: Mapping[str, np.ndarray], i: int) -> Strategy:
+    return _strategy_of({k: cols[k][i] for k in ("tp", "pp", "dp", "ep", "ep_mode", "micro_batch", "schedule",
+                                                 "virtual_stages", "recompute", "sequence_parallel", "zero",
+                                                 "placement")})
 
 
 def _by_pp(items: list) -> dict[int, list]:
@@ -499,10 +529,16 @@ def _by_pp(items: list) -> dict[int, list]:
     return out
 
 
+def _formatted(values: np.ndarray, fmt: str) -> np.ndarray:
+    """`fmt` of each value, as an object array; each distinct value is formatted once."""
+    uniq, inv = np.unique(values, return_inverse=True)
+    return np.array([fmt.format(x) for x in uniq.tolist()], dtype=object)[inv.ravel()]
+
+
 def _finalize(row: pd.Series, model: ModelSpec, cluster: Cluster, workload: Any, ctx: CostContext, cache: dict,
-              objective: str) -> Plan:
+              objective: str, key: Any = None) -> Plan:
     if isinstance(workload, Inference):
-        sub, e = cache[int(row["_key"])]
+        sub, e = cache[int(key)]
         return Plan.from_estimate(model, sub, workload, e, objective=objective)
     strat = _strategy_of(row)
     if row["stages"]:
