@@ -18,7 +18,6 @@ import numpy as np
 
 import costmodel as cm
 from costmodel.catalog import amp_model_name, amp_stage_cuts, get_model
-from costmodel.comm import with_network_efficiency
 from costmodel.pricing import CostContext
 from costmodel.params import CostParams
 from costmodel.training import price_training
@@ -96,7 +95,7 @@ def predict_amp(trials: list[AmpTrial], params: CostParams) -> tuple[np.ndarray,
             by_setting.setdefault(t.setting, []).append(i)
     for setting, idx in by_setting.items():
         model = get_model(amp_model_name(setting))
-        cluster = with_network_efficiency(amp_cluster(setting), params)
+        cluster = amp_cluster(setting)  # estimate() applies the node types' network efficiency
         ctx = CostContext(params=params, profiles={})
         t, _, f = price_training(model, cluster, amp_workload(setting, AMP_GRAD_DTYPE), ctx,
                                  [trials[i].strategy for i in idx])

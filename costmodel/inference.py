@@ -15,7 +15,7 @@ import numpy as np
 
 from hardware_profiles.topology import Cluster
 
-from .comm import p2p_s
+from .comm import p2p_s, with_network_efficiency
 from .pricing import CostContext, Estimate, StageEstimate
 from .layercost import LayerInferCost, Parallel, layer_infer_cost
 from .layers import activation_bytes_per_token, kv_cache_bytes_per_token
@@ -105,7 +105,7 @@ def estimate_inference(model: ModelSpec, cluster: Cluster, strategy: Strategy, w
     # together. With stages, micro-batches keep the stages busy.
     mb = per_replica if pp == 1 else s.micro_batch
     m = per_replica // mb
-    links = resolve_layout(cluster, s, w.dtype)
+    links = resolve_layout(with_network_efficiency(cluster, prm), s, w.dtype)  # node types' achieved network
     L = len(model.layers)
     b = _BYTES[w.dtype]
     kvb = _BYTES[w.kv_dtype or w.dtype]

@@ -30,7 +30,7 @@ import numpy as np
 from hardware_profiles.topology import Cluster
 
 from .bottleneck import least_feasible_threshold
-from .comm import all_gather_s, all_reduce_s, p2p_s, reduce_scatter_s
+from .comm import all_gather_s, all_reduce_s, p2p_s, reduce_scatter_s, with_network_efficiency
 from .pricing import CostContext, Estimate, StageEstimate
 from .layercost import Parallel, layer_train_cost, token_count
 from .layertimes import find as find_layer_times
@@ -467,7 +467,7 @@ def layout_info(cluster: Cluster, s: Strategy, workload: Training, ctx: CostCont
     if info is not None:
         return info
     prm = ctx.params
-    links = resolve_layout(cluster, s, workload.dtype)
+    links = resolve_layout(with_network_efficiency(cluster, prm), s, workload.dtype)  # node types' achieved network
     registry = ctx.memo.setdefault("device_keys", {})
     dev_links = ctx.memo.setdefault("device_links", {})
     dev_ids = np.array([registry.setdefault(lk.device_key, len(registry)) for lk in links])
@@ -858,7 +858,8 @@ def assemble(batch: StageBatch, workload: Training, ctx: CostContext, zero: np.n
         ar = all_reduce_s(count * gb, ways, bw, lat)
         rs = reduce_scatter_s(count * gb, ways, bw, lat)
         ag = all_gather_s(count * sb.weights, ways, bw, lat)
-        dp_time = dp_time + np.where(z == 0, ar, np.where(z <= 2, rs + ag, m * (2 * ag + rs)))
+        term = np.where(z == 0, ar, np.where(z <= 2, rs + ag, m * (2 * ag + rs)))
+        dp_time = dp_time + np.where(count > 0, term, 0.0)  # no parameters of a kind: no collective, no latency
     window = prm.dp_overlap * np.where(z >= 3, m * batch.compute_mb[:, None, :], batch.bwd_mb[:, None, :])
     exposed = np.maximum(dp_time - window, 0.0).max(axis=2)[:, zi]
     opt_time = opt_params * prm.optimizer_bytes_per_param / (batch.mem_gbps[:, None, :] * 1e9)
