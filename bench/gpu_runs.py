@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent))
 import costmodel as cm  # noqa: E402
 from hardware_profiles import Cluster  # noqa: E402
 from executor.loop import run_local  # noqa: E402
+from executor.parallelize import COMPILE_SCOPES  # noqa: E402
 from planner.plan import Plan  # noqa: E402
 
 MODEL = "llama-1.5b"
@@ -65,7 +66,7 @@ def main() -> int:
     ap.add_argument("--seq", type=int, default=TRAIN.seq_len)
     ap.add_argument("--compile", action="store_true", help="pass --compile to the executor (torch.compile per block)")
     ap.add_argument("--tag", default="", help="suffix for labels (e.g. _compiled)")
-    ap.add_argument("--compile-scope", default="blocks", choices=("blocks", "model"))
+    ap.add_argument("--compile-scope", default="blocks", choices=COMPILE_SCOPES)
     args = ap.parse_args()
     train = cm.Training(global_batch=TRAIN.global_batch, seq_len=args.seq, dtype=TRAIN.dtype)
     out = Path(args.out)

@@ -21,6 +21,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from executor.check import validate  # noqa: E402
+from executor.parallelize import COMPILE_SCOPES  # noqa: E402
 from executor.run import Trainer, setup  # noqa: E402
 from planner.plan import Plan  # noqa: E402
 
@@ -30,7 +31,7 @@ def main() -> int:
     ap.add_argument("plan")
     ap.add_argument("out")
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--compile", nargs="?", const="blocks", default=None, choices=("blocks", "model"))
+    ap.add_argument("--compile", nargs="?", const="blocks", default=None, choices=COMPILE_SCOPES)
     ap.add_argument("--trace", action="store_true", help="also write the step's Chrome trace (trace_rank<R>.json.gz)")
     ap.add_argument("--rows", type=int, default=40, help="rows of each table")
     args = ap.parse_args()

@@ -223,8 +223,7 @@ def _helm_layout(model: cm.ModelSpec, gpu: str) -> tuple[Cluster, cm.Strategy]:
     pp = 3 if n > 400 else 1
     if tp > 8:
         tp, pp = 8, pp * 2
-    while tp > 1 and (model.num_heads % tp or model.num_kv_heads % tp or any(
-            (b.ffn_hidden % tp) for b in model.blocks if not b.is_moe)):
+    while tp > 1 and not model.tp_splits_evenly(tp):
         tp //= 2
         pp *= 2
     gpus = tp * pp

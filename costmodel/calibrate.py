@@ -25,6 +25,7 @@ from scipy.optimize import least_squares
 
 from hardware_profiles.catalog import get_gpu
 from hardware_profiles.errors import ProfileError
+from hardware_profiles.fileio import write_text_atomic
 from hardware_profiles.gpu import dtype_bytes
 
 from . import comm
@@ -178,12 +179,10 @@ class Calibration:
         if path is None:
             CALIBRATION_DIR.mkdir(exist_ok=True)
             path = CALIBRATION_DIR / f"{'+'.join(self.hardware).lower()}.json"
-        path = Path(path)
-        path.write_text(json.dumps({"hardware": list(self.hardware), "date": self.date,
-                                    "cost_params": self.params.to_dict(), "fitted": dict(self.fitted),
-                                    "stderr": dict(self.stderr), "sources": dict(self.sources)}, indent=2,
-                                   default=str))
-        return path
+        return write_text_atomic(path, json.dumps({"hardware": list(self.hardware), "date": self.date,
+                                                   "cost_params": self.params.to_dict(), "fitted": dict(self.fitted),
+                                                   "stderr": dict(self.stderr), "sources": dict(self.sources)},
+                                                  indent=2, default=str))
 
 
 RUN_FIT_DEFAULT = ("attention_efficiency", "elementwise_factor", "kernel_overhead_s", "dp_overlap",

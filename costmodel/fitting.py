@@ -70,16 +70,10 @@ def apply(base: CostParams, values: Mapping[str, float]) -> CostParams:
     return base.replace(**changes)
 
 
-_PER_GPU_GETTERS = {"gpu_gemm_efficiency": "gemm_efficiency_for",
-                    "gpu_tp_collective_overhead_s": "tp_collective_overhead_for",
-                    "network_efficiency": "network_efficiency_for", "fabric_efficiency": "fabric_efficiency_for",
-                    "gpu_host_layer_s": "host_layer_for"}
-
-
 def current(base: CostParams, name: str) -> float:
     field, _, gpu = name.partition(":")
-    if gpu and field in _PER_GPU_GETTERS:
-        return float(getattr(base, _PER_GPU_GETTERS[field])(gpu))
+    if gpu and field in PER_GPU_FIELDS:
+        return float(getattr(base, PER_GPU_FIELDS[field])(gpu))
     if name == "head_elementwise_factor":
         return base.head_elementwise_factor_value
     return float(getattr(base, name))

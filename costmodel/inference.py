@@ -10,7 +10,6 @@ previous one to leave the last stage.
 """
 from __future__ import annotations
 
-
 import numpy as np
 
 from hardware_profiles.topology import Cluster
@@ -179,12 +178,9 @@ def estimate_inference(model: ModelSpec, cluster: Cluster, strategy: Strategy, w
     over = stage_mem - caps
     fits = bool((over <= 0).all())
     worst, fullest = int(np.argmax(over)), int(np.argmax(stage_mem))
-    if s.stages is not None:
-        fixed_members: list[list[int]] | None = members
-    else:
-        fixed_members = None
-    per_rep_max = max_sequences(params_local * b, kv_seq, caps - reserved, fixed_members)
-    max_batch = min(per_rep_max * dp, 2 ** 31 - 1)
+    # a plan's own stages fix the split the cache must fit; otherwise the best split for the cache counts
+    per_rep_max = max_sequences(params_local * b, kv_seq, caps - reserved, members if s.stages is not None else None)
+    max_batch = min(per_rep_max * dp, _NO_LIMIT)
 
     price = [g.price_usd_per_hour for g in cluster.gpus]
     cost = runtime / 3600.0 * sum(price) if all(p is not None for p in price) else None

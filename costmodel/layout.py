@@ -175,10 +175,10 @@ def _resolve_uncached(cluster: Cluster, tp: int, pp: int, dp: int, ep: int, ep_m
                       placement: tuple[int, ...] | None, dtype: str) -> tuple[StageLinks, ...]:
     arr = _arrays(cluster)
     n = pp * dp * tp
+    ordered = placement is None  # the default placement: GPUs in order, so each group's rows come sorted
     placement = np.arange(n) if placement is None else np.asarray(placement)
     mesh = placement.reshape(pp, dp, tp)  # GPU index of (stage, replica, tp rank)
     stage_ids = np.arange(pp)
-    ordered = placement is None
     # tensor-parallel groups: (pp*dp, tp)
     tp_bw, tp_lat, tp_in = _groups_bandwidth(arr, mesh.reshape(pp * dp, tp), pp, rows_sorted=ordered)
     # data-parallel groups: (pp*tp, dp), all stages at once

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from hardware_profiles.errors import ProfileError
+from hardware_profiles.fileio import write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -121,9 +122,7 @@ class CostParams:
         return cls(**d)
 
     def save(self, path: str | Path, **meta: Any) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps({"cost_params": self.to_dict(), **meta}, indent=2))
-        return path
+        return write_text_atomic(path, json.dumps({"cost_params": self.to_dict(), **meta}, indent=2))
 
     @classmethod
     def load(cls, path: str | Path) -> "CostParams":
@@ -136,5 +135,8 @@ class CostParams:
 
 DEFAULT_PARAMS = CostParams()
 # fields holding ((GPU catalog name, value), ...) overrides; fitting addresses one entry as "field:GPU name"
-PER_GPU_FIELDS = ("gpu_gemm_efficiency", "gpu_tp_collective_overhead_s", "network_efficiency", "fabric_efficiency",
-                  "gpu_host_layer_s")
+# per-GPU fields and the lookup that reads each (falling back to the shared value where there is one)
+PER_GPU_FIELDS = {"gpu_gemm_efficiency": "gemm_efficiency_for",
+                  "gpu_tp_collective_overhead_s": "tp_collective_overhead_for",
+                  "network_efficiency": "network_efficiency_for", "fabric_efficiency": "fabric_efficiency_for",
+                  "gpu_host_layer_s": "host_layer_for"}

@@ -61,7 +61,7 @@ class _Stages:
         return max(1, min(w, longest))
 
     def band(self, w: int) -> np.ndarray:
-        """(p, L+1, w) stage costs, cached per width."""
+        """(p, L+1, w) stage costs, kept for the last width asked (a search asks one width at a time)."""
         if w not in self._bands:
             n = self.L + 1
             b = np.arange(n)[:, None]

@@ -37,7 +37,7 @@ from .layertimes import find as find_layer_times
 from .layers import attention_flops_per_token, model_flops_per_token, param_split
 from .layout import StageLinks, resolve_layout
 from .model import ModelSpec
-from .partition import even_partition, partition, uniform_partition
+from .partition import even_partition, partition
 from .strategy import Strategy
 from .workload import Training
 
@@ -451,7 +451,6 @@ class LayoutInfo:
 
     links: tuple[StageLinks, ...]
     dev_ids: np.ndarray  # (p,) index of each stage's device key in the context's registry
-    dev_groups: tuple[tuple[int, np.ndarray, int], ...]  # (device id, stage mask, first stage) per distinct device
     same_stage: bool
     nb_bw: np.ndarray  # (p,) stage-to-stage bandwidth (already times collective efficiency)
     nb_lat: np.ndarray
@@ -473,9 +472,8 @@ def layout_info(cluster: Cluster, s: Strategy, workload: Training, ctx: CostCont
     dev_ids = np.array([registry.setdefault(lk.device_key, len(registry)) for lk in links])
     for d, lk in zip(dev_ids, links):
         dev_links.setdefault(int(d), lk)
-    groups = tuple((int(d), dev_ids == d, int(np.argmax(dev_ids == d))) for d in np.unique(dev_ids))
     info = ctx.memo[key] = LayoutInfo(
-        links=links, dev_ids=dev_ids, dev_groups=groups, same_stage=len(groups) == 1,
+        links=links, dev_ids=dev_ids, same_stage=bool((dev_ids == dev_ids[0]).all()),
         nb_bw=np.array([lk.next_bw_gbps for lk in links]) * prm.collective_efficiency,
         nb_lat=np.array([lk.next_latency_s for lk in links]) * prm.collective_latency_factor,
         dp_bw=np.array([lk.dp_bw_gbps for lk in links]) * prm.collective_efficiency,
@@ -505,7 +503,7 @@ def _requests(bases: Bases, dev: np.ndarray, ctx: CostContext) -> tuple[np.ndarr
     return inv.reshape(code.shape), requests
 
 
-def prime_class_costs(model: ModelSpec, cluster: Cluster, workload: Training, ctx: CostContext,
+def prime_class_costs(model: ModelSpec, workload: Training, ctx: CostContext,
                       groups: Sequence[Bases]) -> None:
     """Price the layer classes of every strategy of a search in one `class_cost_table` call, so the later
     per-bucket calls find them in the memo: one vectorised call per layer class and (devices, tp, ep, SP,

@@ -644,6 +644,12 @@ def apply_fsdp(model: Transformer, experts: list[Experts], shape: RunShape, mesh
 COMPILE_SCOPES = ("blocks", "model")
 
 
+def compiles_whole(shape: RunShape, compile_scope: str) -> bool:
+    """Whether a training chunk is compiled as one graph: asked for, and no per-block wrapper (FSDP2 for data
+    parallelism, whole-block recompute) needs the blocks compiled apart."""
+    return compile_scope == "model" and shape.dp == 1 and shape.recompute != "full"
+
+
 def build_parts(spec: ModelSpec, shape: RunShape, meshes: Meshes, *, seed: int, device: torch.device,
                 compute_dtype: torch.dtype, compile_blocks: bool | str = False,
                 compile_scope: str = "blocks") -> list[Part]:
@@ -679,8 +685,8 @@ def build_parts(spec: ModelSpec, shape: RunShape, meshes: Meshes, *, seed: int, 
                 _compile_blocks(model, compile_blocks)
             apply_recompute(model, shape.recompute)
             if compile_blocks and shape.recompute != "full":
-                if compile_scope == "model" and shape.dp == 1:
-                    _compile(model, compile_blocks)
+                if compiles_whole(shape, compile_scope):
+                    model.compile(**_compile_kwargs(compile_blocks))
                 else:
                     _compile_blocks(model, compile_blocks)
             if shape.dp > 1:
@@ -694,10 +700,6 @@ def _compile_kwargs(backend: bool | str) -> dict[str, Any]:
     if os.environ.get("PARPLAN_COMPILE_MODE"):  # e.g. "max-autotune-no-cudagraphs"
         kwargs["mode"] = os.environ["PARPLAN_COMPILE_MODE"]
     return kwargs
-
-
-def _compile(model: nn.Module, backend: bool | str) -> None:
-    model.compile(**_compile_kwargs(backend))
 
 
 def _compile_blocks(model: Transformer, backend: bool | str) -> None:

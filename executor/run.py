@@ -44,8 +44,8 @@ from hardware_profiles.fileio import write_text_atomic
 
 from .check import RunShape, validate
 from .errors import UnsupportedPlanError
-from .parallelize import (Meshes, Part, build_meshes, build_parts, build_schedule, finalize_grads, full_state,
-                          maybe_autocast, set_grad_sync, track_weight_updates)
+from .parallelize import (COMPILE_SCOPES, Meshes, Part, build_meshes, build_parts, build_schedule, compiles_whole, finalize_grads,
+                          full_state, maybe_autocast, set_grad_sync, track_weight_updates)
 
 REPORT_SCHEMA = "parplan.run"
 REPORT_SCHEMA_VERSION = 1
@@ -570,7 +570,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--backend", choices=("gloo", "nccl"), default=None, help="default: nccl on cuda, gloo on cpu")
     ap.add_argument("--pg-timeout-s", type=float, default=None,
                     help="process-group timeout (default 30 s on CPU, 300 s on GPU): a stuck collective fails then")
-    ap.add_argument("--compile", nargs="?", const="blocks", default=None, choices=("blocks", "model"),
+    ap.add_argument("--compile", nargs="?", const="blocks", default=None, choices=COMPILE_SCOPES,
                     help="torch.compile for training: each transformer block (default), or each pipeline chunk whole "
                          "(one graph per micro-batch; layouts with data parallelism compile per block)")
     ap.add_argument("--checkpoint-dir", default=None, help="save distributed checkpoints under this directory")
@@ -647,8 +647,7 @@ def _main(argv: list[str] | None = None) -> int:
     session = setup(plan, seed=args.seed, device=device, shape=shape, compile_blocks=args.compile is not None,
                     compile_scope=args.compile or "blocks")
     if args.compile:
-        whole = args.compile == "model" and shape.dp == 1 and shape.recompute != "full"
-        session.notes.append("pipeline chunks compiled whole with torch.compile" if whole
+        session.notes.append("pipeline chunks compiled whole with torch.compile" if compiles_whole(shape, args.compile)
                              else "transformer blocks compiled with torch.compile")
     session.notes.extend(resume_notes)
     step_log = StepLog(args.step_log)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from hardware_profiles.errors import ParplanError
 
+from .resilience import DEFAULT_STORAGE_GBPS_PER_NODE
+
 DEFAULT_MODEL = "llama3-70b"
 DEFAULT_CLUSTER = "4x8xH100"
 
@@ -44,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--gpu-mtbf-hours", type=float,
                     help="training: mean hours between failures of one GPU; sets the plan's checkpoint interval")
     ap.add_argument("--storage-gbps-per-node", type=float, default=None,
-                    help="checkpoint write bandwidth per node, GB/s (default 2)")
+                    help=f"checkpoint write bandwidth per node, GB/s (default {DEFAULT_STORAGE_GBPS_PER_NODE:g})")
     ap.add_argument("--top", type=int, default=10, help="candidates to list")
     ap.add_argument("--out", help="write the chosen plan (versioned JSON) for the executor")
     ap.add_argument("--csv", help="write every candidate to a CSV file")
@@ -107,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         print(result.report(top=args.top))
         best = result.best
         if args.gpu_mtbf_hours is not None:
-            from .resilience import DEFAULT_STORAGE_GBPS_PER_NODE, with_checkpointing
+            from .resilience import with_checkpointing
 
             best, ck = with_checkpointing(best, args.gpu_mtbf_hours,
                                           storage_gbps_per_node=args.storage_gbps_per_node or DEFAULT_STORAGE_GBPS_PER_NODE)

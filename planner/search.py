@@ -36,7 +36,7 @@ from hardware_profiles.topology import Cluster
 
 from .errors import NoFeasiblePlanError, PlannerOptionError
 from .plan import Plan
-from .space import Layout, SearchSpace, divisors, layouts, micro_batches
+from .space import SearchSpace, layouts, micro_batches
 
 TRAINING_OBJECTIVES = ("throughput", "cost")
 INFERENCE_OBJECTIVES = ("latency", "ttft", "tpot", "throughput", "cost")
@@ -154,7 +154,7 @@ def _training_frame(model: ModelSpec, cluster: Cluster, workload: Training, spac
     info = {"mflops": model_flops_per_step(model, workload), "peak": peak_flops(cluster, workload.dtype),
             "usable": usable}
     groups, info["placements"] = _training_groups(model, cluster, workload, space, ctx)
-    prime_class_costs(model, cluster, workload, ctx, list(groups.values()))
+    prime_class_costs(model, workload, ctx, list(groups.values()))
     parts = [_price_bucket(model, cluster, workload, space, ctx, cache, bases, "even", info)
              for bases in groups.values()]
     if not parts:
@@ -352,7 +352,8 @@ class PlanResult:
         return plot_timeline(self, ax=ax, micro_batches=micro_batches)
 
 
-def _objective_column(df: pd.DataFrame, kind: str, objective: str, workload: Any) -> pd.Series:
+def _objective_column(df: Mapping[str, np.ndarray], kind: str, objective: str, workload: Any) -> np.ndarray:
+    """The column the candidates are ranked by (lower is better), from the candidate columns."""
     if kind == "training":
         if objective == "cost":
             return df["time_s"] * df["usd_per_hour"] / 3600.0
