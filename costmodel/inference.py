@@ -20,7 +20,7 @@ from .layercost import LayerInferCost, Parallel, layer_infer_cost
 from .layers import activation_bytes_per_token, kv_cache_bytes_per_token
 from .layout import StageLinks, resolve_layout
 from .model import ModelSpec
-from .partition import even_partition, partition
+from .partition import even_partition, partition, split_fits
 from .strategy import Strategy
 from .workload import Inference
 
@@ -55,7 +55,7 @@ def max_sequences(weight_bytes: np.ndarray, kv_bytes_per_seq: np.ndarray, budget
         need = weight_bytes + n * kv_bytes_per_seq
         if members is not None:
             return all(need[idx].sum() <= budget_bytes[j] for j, idx in enumerate(members))
-        return _split_fits(need, budget_bytes)
+        return split_fits(need, budget_bytes)
 
     if not fits(0):
         return 0
@@ -70,24 +70,6 @@ def max_sequences(weight_bytes: np.ndarray, kv_bytes_per_seq: np.ndarray, budget
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
     return lo
-
-
-def _split_fits(need: np.ndarray, budget: np.ndarray) -> bool:
-    """Whether layers of sizes `need`, in order, fill len(budget) contiguous non-empty stages, stage j within
-    budget[j]: the positions reachable after each stage, as a boolean array over layer boundaries."""
-    L = len(need)
-    prefix = np.concatenate([[0.0], np.cumsum(need)])
-    reach = np.zeros(L + 1, dtype=bool)
-    reach[0] = True
-    for cap in budget:
-        starts = np.flatnonzero(reach)
-        ends = np.searchsorted(prefix, prefix[starts] + cap, side="right") - 1  # the furthest end from each start
-        ok = ends > starts
-        diff = np.zeros(L + 2, dtype=np.int64)
-        np.add.at(diff, starts[ok] + 1, 1)
-        np.add.at(diff, ends[ok] + 1, -1)
-        reach = np.cumsum(diff)[:L + 1] > 0
-    return bool(reach[L])
 
 
 def _weighted_breakdown(weights: np.ndarray, compute: np.ndarray, comm: np.ndarray, p2p: np.ndarray

@@ -278,6 +278,31 @@ def uniform_partition(first_s: float, block_s: float, last_s: float, num_blocks:
     return PartitionResult(tuple(cuts), max(costs), costs)
 
 
+def split_fits(need: np.ndarray, budget: np.ndarray) -> bool:
+    """Whether layers, in order, fill len(budget) contiguous non-empty stages with stage j's layers within
+    budget[j]. `need`: (L,) bytes per layer, or (p, L) when a layer costs each stage differently (activations
+    in flight differ by stage). Exact: the layer boundaries reachable after each stage, as a boolean array
+    (taking the longest prefix per stage is not: a small stage early can leave room for a large one later)."""
+    budget = np.asarray(budget, dtype=float)
+    p = len(budget)
+    need = np.broadcast_to(np.asarray(need, dtype=float), (p, np.shape(need)[-1]))
+    L = need.shape[1]
+    reach = np.zeros(L + 1, dtype=bool)
+    reach[0] = True
+    for j in range(p):
+        prefix = np.concatenate([[0.0], np.cumsum(need[j])])
+        starts = np.flatnonzero(reach)
+        if starts.size == 0:
+            return False
+        ends = np.searchsorted(prefix, prefix[starts] + budget[j] * _TOL, side="right") - 1  # furthest end
+        ok = ends > starts
+        diff = np.zeros(L + 2, dtype=np.int64)
+        np.add.at(diff, starts[ok] + 1, 1)
+        np.add.at(diff, ends[ok] + 1, -1)
+        reach = np.cumsum(diff)[:L + 1] > 0
+    return bool(reach[L])
+
+
 def even_partition(num_layers: int, p: int) -> tuple[int, ...]:
     """Cut points that split `num_layers` entries into p nearly equal stages (larger stages first)."""
     base, extra = divmod(num_layers, p)

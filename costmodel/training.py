@@ -37,7 +37,7 @@ from .layertimes import find as find_layer_times
 from .layers import attention_flops_per_token, model_flops_per_token, param_split
 from .layout import StageLinks, resolve_layout
 from .model import ModelSpec
-from .partition import even_partition, partition
+from .partition import even_partition, partition, split_fits
 from .strategy import Strategy
 from .workload import Training
 
@@ -722,28 +722,10 @@ def _p2p_matrices(bnd: np.ndarray, nb_bw: np.ndarray, nb_lat: np.ndarray, p: int
     return out, inn
 
 
-def _greedy_memory_fit(layer_mem: np.ndarray, room: np.ndarray) -> bool:
-    """Whether layers can be split into len(room) non-empty contiguous stages with stage j's layers (memory
-    layer_mem[j]) within room[j]. Taking the longest prefix that fits on each stage in turn is exact: a later
-    stage is only ever left a suffix of what any feasible split gives it."""
-    p, L = layer_mem.shape
-    start = 0
-    for j in range(p):
-        if start >= L:
-            return False
-        csum = np.cumsum(layer_mem[j, start:])
-        take = int(np.searchsorted(csum, room[j] * (1 + 1e-12), side="right"))
-        take = min(take, L - start - (p - j - 1))  # leave a layer for every later stage
-        if take < 1:
-            return False
-        start += take
-    return start == L
-
-
 def memory_aware_cuts(model: ModelSpec, cluster: Cluster, workload: Training, ctx: CostContext, s: Strategy,
                       usable: float = 1.0) -> tuple[int, ...] | None:
     """AMP's pipeline DP with memory limits for one strategy (its own ZeRO stage and schedule); None when no
-    split fits (decided first by an exact greedy test, so hopeless strategies cost no DP)."""
+    split fits (decided first by an exact reachability test, so hopeless strategies cost no DP)."""
     if s.virtual_stages > 1 or s.pp == 1:
         return None
     info = layout_info(cluster, s, workload, ctx)
@@ -771,7 +753,7 @@ def memory_aware_cuts(model: ModelSpec, cluster: Cluster, workload: Training, ct
         layer_mem[1:, -1] += head.vocab * head.hidden / s.tp * (sb.weights / wd + sb.gradients / gd + sb.optimizer / od)
     reserved = float(_reserved(ctx.params.memory_reserved_bytes, zero, np.array([max_layer]), sb)[0, 0])
     caps = info.caps * usable
-    if not _greedy_memory_fit(layer_mem, caps - reserved):
+    if not split_fits(layer_mem, caps - reserved):
         return None
     out, inn = _p2p_matrices(_boundary_bytes(model, workload, np.array([s.micro_batch]), np.array([s.tp]))[0], info.nb_bw, info.nb_lat, p)
     res = partition(t_layer, weight=float(m - 1), out_cost=out, in_cost=inn, layer_mem=layer_mem,

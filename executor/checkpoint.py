@@ -45,7 +45,7 @@ from hardware_profiles.errors import ParplanError
 from hardware_profiles.fileio import write_text_atomic
 
 from .check import canonical_name
-from .parallelize import drop_weight_casts
+from .parallelize import attach_local_leaves, drop_weight_casts
 
 try:  # torch >= 2.5
     from torch.distributed.tensor import DTensor, Replicate, Shard
@@ -388,6 +388,9 @@ class Checkpointing:
         t0 = time.perf_counter()
         step = load(self.resume, session, optimizer)
         drop_weight_casts(p.module for p in session.parts)  # the loaded weights replace the ones any copy was made of
+        for part in session.parts:  # leaves must alias the loaded shards
+            if part.leaves:
+                part.leaves[:] = attach_local_leaves([part.module])
         self.load_s = time.perf_counter() - t0
         return step
 

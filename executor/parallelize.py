@@ -51,6 +51,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import os
 import warnings
@@ -110,6 +111,8 @@ class Part:
     expert_modules: list[Experts] = field(default_factory=list)
     # (module, parameter name) whose gradients are partial sums over the TP group (see apply_tp)
     tp_partial_grads: list[tuple[nn.Module, str]] = field(default_factory=list)
+    # (DTensor parameter, plain leaf it computes with): see attach_local_leaves
+    leaves: list[tuple[nn.Parameter, torch.Tensor]] = field(default_factory=list)
 
 
 def _sub_mesh(root: DeviceMesh, names: tuple[str, ...], flat_name: str) -> DeviceMesh | None:
@@ -323,19 +326,23 @@ class TPLinear(Linear):
     _tp: TPComm
     _tp_in: str | None
     _tp_out: str | None
+    # plain leaves aliasing the local shards, set by `attach_local_leaves`; None: compute via `local()`
+    _weight_leaf: torch.Tensor | None = None
+    _bias_leaf: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self._tp
+        bias = None if self.bias is None else (self._bias_leaf if self._bias_leaf is not None else local(self.bias))
         if self._tp_in is not None:
             if torch.is_autocast_enabled(x.device.type):
                 # autocast would cast the input for the matmul anyway; casting before the region makes the
                 # all-gather (sequence parallel) and the backward all-reduce of its gradient move half the bytes
                 x = x.to(torch.get_autocast_dtype(x.device.type))
             x = _ENTER[self._tp_in].apply(x, c)
-            y = F.linear(x, self._local_weight(x), None if self.bias is None else local(self.bias))
+            y = F.linear(x, self._local_weight(x), bias)
             return _GatherLast.apply(y, c) if self._tp_out == "gather" else y
         y = _EXIT[self._tp_out].apply(F.linear(x, self._local_weight(x)), c)
-        return y if self.bias is None else y + local(self.bias)
+        return y if bias is None else y + bias
 
     def _local_weight(self, x: torch.Tensor) -> torch.Tensor:
         """The local weight shard; under autocast, its low-precision copy made once per optimizer step.
@@ -346,15 +353,15 @@ class TPLinear(Linear):
         tensors, so each backward may run it). The copy is dropped by `drop_weight_casts`, which the
         executor's optimizer runs after every step (`track_weight_updates`): no version counter can tell,
         since foreach and fused optimizers update a DTensor's shards without bumping one."""
-        w = self.weight
+        w = self._weight_leaf if self._weight_leaf is not None else local(self.weight)
         dev = x.device.type
-        if (not isinstance(w, DTensor) or not torch.is_autocast_enabled(dev) or not torch.is_grad_enabled()
-                or torch.compiler.is_compiling()):
-            return local(w)
+        if not torch.is_autocast_enabled(dev) or not torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return w
         dtype = torch.get_autocast_dtype(dev)
+        key = (id(self._weight_leaf if self._weight_leaf is not None else self.weight), dtype)
         cached = self.__dict__.get("_cast_cache")
-        if cached is None or cached[0] != (id(w), dtype):
-            cached = ((id(w), dtype), local(w).to(dtype))
+        if cached is None or cached[0] != key:
+            cached = (key, w.to(dtype))
             self.__dict__["_cast_cache"] = cached
         return cached[1]
 
@@ -378,13 +385,51 @@ class VocabParallelEmbedding(nn.Embedding):
 
     _tp: TPComm
     _tp_out: str
+    _weight_leaf: torch.Tensor | None = None  # as TPLinear's
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        w = local(self.weight)
+        w = self._weight_leaf if self._weight_leaf is not None else local(self.weight)
         idx = tokens - self._tp.rank * w.shape[0]
         outside = (idx < 0) | (idx >= w.shape[0])
         out = F.embedding(idx.masked_fill(outside, 0), w).masked_fill(outside.unsqueeze(-1), 0.0)
         return _EXIT[self._tp_out].apply(out, self._tp)
+
+
+def attach_local_leaves(modules: Iterable[nn.Module]) -> list[tuple[nn.Parameter, torch.Tensor]]:
+    """Give each tensor-parallel layer plain leaf tensors aliasing its DTensor parameters' local shards, and
+    compute with those (training without a data-parallel wrapper). Gradients then accumulate over the
+    micro-batches as plain tensors: no DTensor wrap of every gradient and no DTensor add per parameter and
+    micro-batch, and a compiled graph takes plain inputs (no subclass unwrap, no DTensor guards), host work
+    that bounds a tensor-parallel step. The parameters stay DTensors for the optimizer and checkpoints;
+    `move_leaf_grads` hands them the accumulated gradients. Returns (parameter, leaf) pairs; a leaf that
+    still aliases its parameter's storage is kept (a compiled graph then needs no new guards)."""
+    pairs = []
+    for module in modules:
+        for m in module.modules():
+            if not isinstance(m, (TPLinear, VocabParallelEmbedding)):
+                continue
+            for name in ("weight", "bias"):
+                p = getattr(m, name, None)
+                if not isinstance(p, DTensor):
+                    continue
+                shard = p._local_tensor
+                leaf = m.__dict__.get(f"_{name}_leaf")
+                if leaf is None or leaf.data_ptr() != shard.data_ptr() or leaf.shape != shard.shape:
+                    leaf = shard.detach().requires_grad_(p.requires_grad)
+                    m.__dict__[f"_{name}_leaf"] = leaf
+                pairs.append((p, leaf))
+    return pairs
+
+
+def move_leaf_grads(pairs: Sequence[tuple[nn.Parameter, torch.Tensor]], keep: bool = False) -> None:
+    """The leaves' accumulated gradients become their DTensor parameters' gradients (no copy). `keep`: the
+    leaf keeps the same buffer (zeroing the parameter's gradient in place zeroes it), for CUDA graphs, whose
+    outputs autograd must never adopt as a gradient."""
+    for p, leaf in pairs:
+        if leaf.grad is not None:
+            p.grad = DTensor(leaf.grad, copy.copy(p._spec), requires_grad=False)
+            if not keep:
+                leaf.grad = None
 
 
 # The parallel styles below shard a module's parameters into DTensors and switch the module's class to its
@@ -650,6 +695,13 @@ def compiles_whole(shape: RunShape, compile_scope: str) -> bool:
     return compile_scope == "model" and shape.dp == 1 and shape.recompute != "full"
 
 
+def compiles_with_loss(shape: RunShape, compile_scope: str) -> bool:
+    """Whether the training step compiles model and loss as one graph (the trainer does): a chunk compiled
+    whole that is the whole model (no pipeline schedule calls the module and the loss apart). The logits
+    then never leave the graph, and each micro-batch is one forward and one backward graph."""
+    return compiles_whole(shape, compile_scope) and shape.num_stages == 1
+
+
 def build_parts(spec: ModelSpec, shape: RunShape, meshes: Meshes, *, seed: int, device: torch.device,
                 compute_dtype: torch.dtype, compile_blocks: bool | str = False,
                 compile_scope: str = "blocks") -> list[Part]:
@@ -685,17 +737,20 @@ def build_parts(spec: ModelSpec, shape: RunShape, meshes: Meshes, *, seed: int, 
                 _compile_blocks(model, compile_blocks)
             apply_recompute(model, shape.recompute)
             if compile_blocks and shape.recompute != "full":
-                if compiles_whole(shape, compile_scope):
-                    model.compile(**_compile_kwargs(compile_blocks))
+                if compiles_with_loss(shape, compile_scope):
+                    pass  # the trainer compiles model and loss together
+                elif compiles_whole(shape, compile_scope):
+                    model.compile(**compile_kwargs(compile_blocks))
                 else:
                     _compile_blocks(model, compile_blocks)
             if shape.dp > 1:
                 apply_fsdp(model, experts, shape, meshes, compute_dtype)
-        parts.append(Part(stage=stage, module=model, expert_modules=experts, tp_partial_grads=sums))
+        leaves = attach_local_leaves([model]) if shape.training and shape.dp == 1 else []
+        parts.append(Part(stage=stage, module=model, expert_modules=experts, tp_partial_grads=sums, leaves=leaves))
     return parts
 
 
-def _compile_kwargs(backend: bool | str) -> dict[str, Any]:
+def compile_kwargs(backend: bool | str) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"backend": backend} if isinstance(backend, str) else {}
     if os.environ.get("PARPLAN_COMPILE_MODE"):  # e.g. "max-autotune-no-cudagraphs"
         kwargs["mode"] = os.environ["PARPLAN_COMPILE_MODE"]
@@ -705,16 +760,17 @@ def _compile_kwargs(backend: bool | str) -> dict[str, Any]:
 def _compile_blocks(model: Transformer, backend: bool | str) -> None:
     for layer in model.layers.values():
         if isinstance(_unwrap(layer), (Block, Head)):
-            layer.compile(**_compile_kwargs(backend))
+            layer.compile(**compile_kwargs(backend))
 
 
-def finalize_grads(parts: list[Part], shape: RunShape, meshes: Meshes) -> None:
+def finalize_grads(parts: list[Part], shape: RunShape, meshes: Meshes, keep_leaf_grads: bool = False) -> None:
     """What the data-parallel wrapper cannot know: expert gradients reduced over the expert-data-parallel
     group carry tokens of ep replicas (scale by 1/ep), and tied embedding/head copies get the sum of their
     gradients (so they stay equal). Also lays each DTensor gradient out like its parameter (DTensor's
     embedding backward yields a replicated gradient for a vocab-sharded table; slicing it once here
     spares the optimizer a redistribution per operation)."""
     for part in parts:
+        move_leaf_grads(part.leaves, keep=keep_leaf_grads)
         for p in part.module.parameters():
             g = p.grad
             if isinstance(g, DTensor) and isinstance(p, DTensor) and g.placements != p.placements:
@@ -770,6 +826,8 @@ def set_grad_sync(parts: list[Part], enabled: bool) -> None:
 
 def build_schedule(parts: list[Part], shape: RunShape, meshes: Meshes, device: torch.device,
                    loss_fn: Callable) -> Any:
+    """The planned schedule over this rank's stages, and whether it divides the gradients by the number of
+    micro-batches itself (it cannot when they accumulate in leaves: `attach_local_leaves`)."""
     from torch.distributed import pipelining as pl
 
     group = meshes.pp.get_group()
@@ -778,9 +836,11 @@ def build_schedule(parts: list[Part], shape: RunShape, meshes: Meshes, device: t
         cls, arg = pl.ScheduleInterleaved1F1B, stages
     else:
         cls, arg = (pl.ScheduleGPipe if shape.schedule == "gpipe" else pl.Schedule1F1B), stages[0]
-    kwargs = {"scale_grads": True} if "scale_grads" in inspect.signature(cls.__init__).parameters else {}
+    can_scale = "scale_grads" in inspect.signature(cls.__init__).parameters
+    scale = can_scale and not any(p.leaves for p in parts)
+    kwargs = {"scale_grads": scale} if can_scale else {}
     try:
-        return cls(arg, shape.n_micro, loss_fn=loss_fn, **kwargs), bool(kwargs)
+        return cls(arg, shape.n_micro, loss_fn=loss_fn, **kwargs), scale
     except ValueError as exc:  # a rule of this torch version's schedule that validate() did not know
         raise UnsupportedPlanError(f"torch {torch.__version__} refuses the pipeline schedule: {exc}") from None
 

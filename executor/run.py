@@ -44,8 +44,9 @@ from hardware_profiles.fileio import write_text_atomic
 
 from .check import RunShape, validate
 from .errors import UnsupportedPlanError
-from .parallelize import (COMPILE_SCOPES, Meshes, Part, build_meshes, build_parts, build_schedule, compiles_whole, finalize_grads,
-                          full_state, maybe_autocast, set_grad_sync, track_weight_updates)
+from .parallelize import (COMPILE_SCOPES, Meshes, Part, build_meshes, build_parts, build_schedule, compile_kwargs,
+                          compiles_whole, compiles_with_loss, finalize_grads, full_state, maybe_autocast,
+                          set_grad_sync, track_weight_updates)
 
 REPORT_SCHEMA = "parplan.run"
 REPORT_SCHEMA_VERSION = 1
@@ -90,6 +91,19 @@ def _cuda_graphs() -> bool:
     return "reduce-overhead" in os.environ.get("PARPLAN_COMPILE_MODE", "")
 
 
+def _preallocate_grads(session: "Session") -> None:
+    """Zero gradients allocated before the first backward (CUDA graphs): autograd then adds each graph's
+    gradient outputs into them instead of adopting the outputs, which the next replay overwrites."""
+    for part in session.parts:
+        for _, leaf in part.leaves:
+            if leaf.grad is None:
+                leaf.grad = torch.zeros_like(leaf)
+        in_leaves = {id(p) for p, _ in part.leaves}
+        for p in part.module.parameters():
+            if p.grad is None and p.requires_grad and id(p) not in in_leaves:
+                p.grad = torch.zeros_like(p)
+
+
 # -- a plan set up on the current process group ------------------------------------
 @dataclass
 class Session:
@@ -103,6 +117,8 @@ class Session:
     seed: int
     notes: list[str] = field(default_factory=list)
     compiled: bool = False
+    compile_backend: bool | str = False  # as build_parts' compile_blocks
+    compile_scope: str = "blocks"
 
     @property
     def has_first(self) -> bool:
@@ -147,7 +163,8 @@ def setup(plan: Any, *, seed: int = 0, device: torch.device | str = "cpu", shape
     if device.type == "cpu" and plan.workload.dtype != "fp32":
         notes.append(f"workload dtype {plan.workload.dtype} ran in fp32 on CPU")
     return Session(plan=plan, shape=shape, meshes=meshes, parts=parts, device=device, compute_dtype=dtype,
-                   autocast=autocast, seed=seed, notes=notes, compiled=bool(compile_blocks) and shape.training)
+                   autocast=autocast, seed=seed, notes=notes, compiled=bool(compile_blocks) and shape.training,
+                   compile_backend=compile_blocks, compile_scope=compile_scope)
 
 
 def make_optimizer(session: Session, cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -193,6 +210,16 @@ class Trainer:
         self.opt = make_optimizer(session, cfg)
         self.schedule = None
         self.pp_scales_grads = True
+        self.graphs = session.compiled and _cuda_graphs()
+        self.forward_loss = None  # (inputs, targets) -> loss: model and loss compiled as one graph
+        if session.compiled and compiles_with_loss(session.shape, session.compile_scope):
+            model = session.parts[0].module
+            if self.graphs:
+                for part in session.parts:
+                    for _, leaf in part.leaves:
+                        torch._dynamo.mark_static_address(leaf)
+            self.forward_loss = torch.compile(lambda inputs, targets: cross_entropy(model(inputs), targets),
+                                              **compile_kwargs(session.compile_backend))
         if session.shape.pp > 1:
             self.schedule, self.pp_scales_grads = build_schedule(session.parts, session.shape, session.meshes,
                                                                  session.device, self._pp_loss)
@@ -209,7 +236,9 @@ class Trainer:
         targets = tokens[rows, 1:].to(s.device)
         if fault is not None:
             fault.maybe_fire(step)
-        self.opt.zero_grad(set_to_none=True)
+        self.opt.zero_grad(set_to_none=not self.graphs)
+        if self.graphs:
+            _preallocate_grads(s)
         local_loss = torch.zeros((), device=s.device)
         with maybe_autocast(s.device, s.compute_dtype, s.autocast):
             if self.schedule is not None:
@@ -225,14 +254,15 @@ class Trainer:
                 model = s.parts[0].module
                 mb = shape.micro_batch
                 ce = loss_fn(s.compiled)
+                forward_loss = self.forward_loss or (lambda x, y: ce(model(x), y))
                 for i in range(shape.n_micro):
                     set_grad_sync(s.parts, i == shape.n_micro - 1)
-                    if s.compiled and _cuda_graphs():
+                    if self.graphs:
                         torch.compiler.cudagraph_mark_step_begin()
-                    loss = ce(model(inputs[i * mb:(i + 1) * mb]), targets[i * mb:(i + 1) * mb])
+                    loss = forward_loss(inputs[i * mb:(i + 1) * mb], targets[i * mb:(i + 1) * mb])
                     (loss / shape.n_micro).backward()
                     local_loss = local_loss + loss.detach().float() / shape.n_micro
-        finalize_grads(s.parts, shape, s.meshes)
+        finalize_grads(s.parts, shape, s.meshes, keep_leaf_grads=self.graphs)
         grads = full_state(s.parts, shape, s.meshes, grads=True) if capture_grads else None
         self.opt.step()
         # the loss lives on the last stage; every TP rank has it, count tp rank 0 of each replica

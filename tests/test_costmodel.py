@@ -22,7 +22,7 @@ from costmodel.layercost import Parallel, layer_train_cost
 from costmodel.layers import activation_bytes_per_token, layer_active_params, layer_params, param_split
 from costmodel.model import LayerSpec, ModelSpec
 from costmodel.params import CostParams
-from costmodel.partition import partition, uniform_partition
+from costmodel.partition import partition, split_fits, uniform_partition
 from costmodel.pricing import ADDITIVE_TERMS, CostContext
 from costmodel.strategy import Strategy
 from costmodel.training import SCHEDULE_CODES, _uniform_cuts, assemble, build_stage_batch, price_training
@@ -513,6 +513,26 @@ def test_partition_matches_brute_force(case):
     if layer_mem is not None:
         for j in range(p):
             assert layer_mem[j, cuts[j]:cuts[j + 1]].sum() + mem_fixed[j] <= mem_cap[j] * (1 + 1e-9)
+
+
+def test_split_fits_finds_a_split_the_longest_prefix_misses():
+    # the longest prefix on stage 0 ([1, 1]) leaves [8, 1] to a stage of 5; a split [1] | [1] | [8, 1] fits
+    assert split_fits(np.array([1.0, 1.0, 8.0, 1.0]), np.array([10.0, 5.0, 10.0]))
+    assert not split_fits(np.array([1.0, 1.0, 8.0, 1.0]), np.array([10.0, 5.0, 8.0]))
+
+
+@fast(300)
+@given(partition_cases())
+def test_split_fits_matches_brute_force(case):
+    _, _, _, layer_mem, mem_fixed, mem_cap, _ = case
+    if layer_mem is None:
+        return
+    p, L = layer_mem.shape
+    room = mem_cap - mem_fixed
+    brute = any(all(layer_mem[j, c[j]:c[j + 1]].sum() <= room[j] for j in range(p)) for c in contiguous_splits(L, p))
+    assert split_fits(layer_mem, room) == brute
+    # a memory-limited split exists exactly when the DP finds one
+    assert partition(layer_mem, weight=1.0, layer_mem=layer_mem, mem_fixed=mem_fixed, mem_cap=mem_cap).feasible == brute
 
 
 @st.composite

@@ -24,7 +24,7 @@ from planner.plan import Plan  # noqa: E402
 
 from executor.check import validate  # noqa: E402
 from executor.model import build_model, local  # noqa: E402
-from executor.parallelize import DTensor, build_meshes, build_parts  # noqa: E402
+from executor.parallelize import DTensor, build_meshes, build_parts, move_leaf_grads  # noqa: E402
 from executor.run import cross_entropy  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "executor_helpers"))
@@ -91,17 +91,23 @@ def _one_micro_batch(sp: bool, recompute: str = "none") -> tuple[_Ops, _Ops, int
                 strategy=Strategy(tp=2, micro_batch=1, sequence_parallel=sp, recompute=recompute))
     shape = validate(plan, 2)
     meshes = build_meshes(shape, "cpu")
-    model = build_parts(spec, shape, meshes, seed=0, device=torch.device("cpu"),
-                        compute_dtype=torch.float32)[0].module
+    part = build_parts(spec, shape, meshes, seed=0, device=torch.device("cpu"), compute_dtype=torch.float32)[0]
+    model = part.module
     tokens = torch.randint(0, spec.vocab, (1, 17), generator=torch.Generator().manual_seed(0))
     forward, backward = _Ops(), _Ops()
     with forward:
         loss = cross_entropy(model(tokens[:, :-1]), tokens[:, 1:])
     with backward:
         loss.backward()
+    sharded = sum(isinstance(p, DTensor) for p in model.parameters())
+    # gradients accumulate in plain leaves aliasing the shards; DTensor parameters get them once per step
+    assert len(part.leaves) == sharded > 0
+    assert all(p.grad is None and leaf.grad is not None for p, leaf in part.leaves)
+    move_leaf_grads(part.leaves)
     assert all(isinstance(p.grad, DTensor) == isinstance(p, DTensor) and p.grad is not None
                for p in model.parameters())
-    return forward, backward, sum(isinstance(p, DTensor) for p in model.parameters())
+    assert all(p.grad.placements == p.placements for p in model.parameters() if isinstance(p, DTensor))
+    return forward, backward, sharded
 
 
 @pytest.mark.parametrize("recompute", ["none", "selective"])
@@ -112,8 +118,8 @@ def test_a_tensor_parallel_micro_batch_runs_megatrons_collectives_and_no_dtensor
     assert forward.collectives == {"all_reduce": 2 * blocks + 1, "all_gather_into_tensor": 1}
     # backward: the inputs of qkv and gate/up, and of the head (selective recompute replays none)
     assert backward.collectives == {"all_reduce": 2 * blocks + 1}
-    # the only DTensor operation: autograd storing each sharded parameter's gradient
-    assert forward.dtensor_ops == [] and backward.dtensor_ops == ["aten.detach.default"] * sharded
+    # no DTensor operation at all: compute and gradients run on plain leaves
+    assert forward.dtensor_ops == [] and backward.dtensor_ops == []
 
 
 def test_sequence_parallel_swaps_each_all_reduce_for_a_reduce_scatter_and_an_all_gather(fake_group):
@@ -122,7 +128,7 @@ def test_sequence_parallel_swaps_each_all_reduce_for_a_reduce_scatter_and_an_all
     # forward: gather before qkv, gate/up and the head (+ the logits); scatter after out, down, embedding
     assert forward.collectives == {"all_gather_into_tensor": 2 * blocks + 2, "reduce_scatter_tensor": 2 * blocks + 1}
     assert backward.collectives == {"all_gather_into_tensor": 2 * blocks + 1, "reduce_scatter_tensor": 2 * blocks + 1}
-    assert forward.dtensor_ops == [] and backward.dtensor_ops == ["aten.detach.default"] * sharded
+    assert forward.dtensor_ops == [] and backward.dtensor_ops == []
 
 
 class _Casts(TorchDispatchMode):
@@ -141,14 +147,18 @@ def _tp_block():
                                                                                   dtype="fp32"),
                 strategy=Strategy(tp=2, micro_batch=1))
     shape = validate(plan, 2)
-    model = build_parts(spec, shape, build_meshes(shape, "cpu"), seed=0, device=torch.device("cpu"),
-                        compute_dtype=torch.float32)[0].module
-    return model.layers["1"], spec.hidden
+    part = build_parts(spec, shape, build_meshes(shape, "cpu"), seed=0, device=torch.device("cpu"),
+                       compute_dtype=torch.float32)[0]
+    block = part.module.layers["1"]
+    block.leaves = [(p, leaf) for p, leaf in part.leaves if any(p is q for q in block.parameters())]
+    return block, spec.hidden
 
 
 def _accumulate(block, xs, casts=None):
     for p in block.parameters():
         p.grad = None
+    for _, leaf in block.leaves:
+        leaf.grad = None
     outs = []
     with torch.autocast("cpu", dtype=torch.bfloat16):
         for i, x in enumerate(xs):
@@ -156,6 +166,7 @@ def _accumulate(block, xs, casts=None):
                 y = block(x)
             y.float().sum().backward()
             outs.append(y.detach().float())
+    move_leaf_grads(block.leaves)
     return outs, [p.grad.to_local().clone() if isinstance(p.grad, DTensor) else p.grad.clone()
                   for p in block.parameters()]
 

@@ -98,9 +98,14 @@ def cases_for(world: int) -> list[dict]:
             st = {"tp": 2, "micro_batch": 2, "sequence_parallel": True, "recompute": "selective"}
             cases.append(dict(_case(model, st, TRAIN), id=f"train-{model}-tp2-sp-selective-compiled",
                               compile="aot_eager"))
-        # each pipeline chunk compiled whole (one graph over embedding, blocks and head)
-        for st in ({"tp": 2, "micro_batch": 2}, {"pp": 2, "micro_batch": 2}):
-            cases.append(dict(_case("dense", st, TRAIN), id=f"train-dense-{'tp2' if 'tp' in st else 'pp2'}-model-compiled",
+        # each pipeline chunk compiled whole (one graph over embedding, blocks and head; with the loss when
+        # the chunk is the whole model)
+        for model, st in (("dense", {"tp": 2, "micro_batch": 2}), ("dense", {"pp": 2, "micro_batch": 2}),
+                          ("dense", {"tp": 2, "micro_batch": 1, "sequence_parallel": True}),
+                          ("gpt2", {"tp": 2, "micro_batch": 2})):
+            label = "-".join(f"{k}{v}" for k, v in (("tp", st.get("tp", 1)), ("pp", st.get("pp", 1))) if v > 1)
+            label += "-sp" if st.get("sequence_parallel") else ""
+            cases.append(dict(_case(model, st, TRAIN), id=f"train-{model}-{label}-model-compiled",
                               compile="aot_eager", compile_scope="model"))
     # inference: greedy tokens must match exactly
     for model in ("dense", "moe", "gpt2"):
