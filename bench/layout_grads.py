@@ -54,13 +54,19 @@ def save(args: argparse.Namespace) -> int:
     dist.init_process_group("nccl" if cuda else "gloo", timeout=_dt.timedelta(seconds=300),
                             rank=shape.rank_for_process(int(os.environ.get("RANK", "0"))), world_size=world)
     device = torch.device("cuda", local) if cuda else torch.device("cpu")
-    session = setup(plan, device=device, shape=shape, compile_blocks=args.compile is not None,
+    for item in args.inductor_config:
+        key, value = item.split("=", 1)
+        import torch._inductor.config as inductor_config
+        setattr(inductor_config, key, {"true": True, "false": False}.get(value.lower(), value))
+    backend = args.backend if args.backend else True
+    session = setup(plan, device=device, shape=shape, compile_blocks=backend if args.compile else False,
                     compile_scope=args.compile or "blocks")
     loss, grads = Trainer(session).step(0, capture_grads=True)
     if dist.get_rank() == 0:
-        torch.save({"layout": plan.strategy.describe(), "compile": args.compile, "loss": loss,
+        torch.save({"layout": plan.strategy.describe(),
+                    "compile": " ".join([str(args.compile), args.backend or "inductor", *args.inductor_config]), "loss": loss,
                     "grads": {k: v.float().cpu() for k, v in grads.items()}}, args.out)
-        print(f"{plan.strategy.describe()} compile={args.compile}: loss {loss:.6f} -> {args.out}")
+        print(f"{plan.strategy.describe()} compile={args.compile} {args.backend}: loss {loss:.6f} -> {args.out}")
     dist.barrier()
     dist.destroy_process_group()
     return 0
@@ -92,6 +98,9 @@ def main() -> int:
     s.add_argument("--pp", type=int, default=1)
     s.add_argument("--sp", action="store_true")
     s.add_argument("--compile", nargs="?", const="blocks", default=None, choices=("blocks", "model"))
+    s.add_argument("--backend", default="", help="torch.compile backend (default inductor), e.g. aot_eager")
+    s.add_argument("--inductor-config", action="append", default=[], metavar="KEY=VALUE",
+                   help="set torch._inductor.config.KEY before compiling (true/false for flags)")
     s.add_argument("--layers", type=int, default=4)
     s.add_argument("--batch", type=int, default=2)
     s.add_argument("--seq", type=int, default=4096)

@@ -91,17 +91,25 @@ def _cuda_graphs() -> bool:
     return "reduce-overhead" in os.environ.get("PARPLAN_COMPILE_MODE", "")
 
 
-def _preallocate_grads(session: "Session") -> None:
-    """Zero gradients allocated before the first backward (CUDA graphs): autograd then adds each graph's
-    gradient outputs into them instead of adopting the outputs, which the next replay overwrites."""
+def _zero_grads_in_place(session: "Session") -> None:
+    """Zero gradients, allocated before the first backward (CUDA graphs): autograd then adds each graph's
+    gradient outputs into them instead of adopting the outputs, which the next replay overwrites. Plain
+    tensors only (a parameter with a leaf gets its gradient from the leaf again at the step's end)."""
+    plain = []
     for part in session.parts:
-        for _, leaf in part.leaves:
+        for p, leaf in part.leaves:
+            p.grad = None
             if leaf.grad is None:
                 leaf.grad = torch.zeros_like(leaf)
+            plain.append(leaf.grad)
         in_leaves = {id(p) for p, _ in part.leaves}
         for p in part.module.parameters():
-            if p.grad is None and p.requires_grad and id(p) not in in_leaves:
+            if id(p) in in_leaves or not p.requires_grad:
+                continue
+            if p.grad is None:
                 p.grad = torch.zeros_like(p)
+            plain.append(p.grad)
+    torch._foreach_zero_(plain)
 
 
 # -- a plan set up on the current process group ------------------------------------
@@ -236,9 +244,10 @@ class Trainer:
         targets = tokens[rows, 1:].to(s.device)
         if fault is not None:
             fault.maybe_fire(step)
-        self.opt.zero_grad(set_to_none=not self.graphs)
         if self.graphs:
-            _preallocate_grads(s)
+            _zero_grads_in_place(s)
+        else:
+            self.opt.zero_grad(set_to_none=True)
         local_loss = torch.zeros((), device=s.device)
         with maybe_autocast(s.device, s.compute_dtype, s.autocast):
             if self.schedule is not None:
