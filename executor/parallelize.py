@@ -61,6 +61,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 import torch.distributed as dist
+import torch.distributed._functional_collectives as funcol
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -240,14 +241,20 @@ def _reduce_scatter0(x: torch.Tensor, c: TPComm) -> torch.Tensor:
     return _C10D.wait_tensor(_C10D.reduce_scatter_tensor(x.contiguous(), "sum", c.size, c.name))
 
 
-# The sequence is moved to dim 0 for the collectives and back (free for a micro-batch of one). Results are
-# contiguous (pipeline stages send their outputs as they are).
+# Sequence shards through torch's functional collectives along dim 1, whose results are new contiguous
+# tensors. Moving the sequence to dim 0 and back instead gave, for a micro-batch of one, results that are
+# views of the collective's output, and compiled on NCCL the backward's gradients came out wrong (zeros;
+# bench/layout_grads.py on 2x H200 found it, gloo on CPU did not show it).
+def _waited(t: torch.Tensor) -> torch.Tensor:
+    return t.wait() if isinstance(t, funcol.AsyncCollectiveTensor) else t
+
+
 def _gather_seq(x: torch.Tensor, c: TPComm) -> torch.Tensor:
-    return _all_gather0(x.transpose(0, 1), c).transpose(0, 1).contiguous()
+    return _waited(funcol.all_gather_tensor(x.contiguous(), 1, c.name))
 
 
 def _reduce_scatter_seq(x: torch.Tensor, c: TPComm) -> torch.Tensor:
-    return _reduce_scatter0(x.transpose(0, 1), c).transpose(0, 1).contiguous()
+    return _waited(funcol.reduce_scatter_tensor(x.contiguous(), "sum", 1, c.name))
 
 
 def _split_seq(x: torch.Tensor, c: TPComm) -> torch.Tensor:

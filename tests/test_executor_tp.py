@@ -68,7 +68,7 @@ class _Ops(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.overloadpacket.__name__
-        if func.namespace in ("_c10d_functional", "c10d") and name != "wait_tensor":
+        if func.namespace in ("_c10d_functional", "c10d") and name != "wait_tensor" and not name.startswith("_wrap"):
             self.collectives[name] += 1
         if any(issubclass(t, DTensor) for t in types):
             self.dtensor_ops.append(str(func))
