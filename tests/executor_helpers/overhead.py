@@ -1,6 +1,6 @@
 """CPU benchmark of the executor's per-micro-batch framework overhead (a benchmark, not a test).
 
-    python tests/executor_helpers/overhead.py [--steps 6] [--warmup 2] [--profile tp2] [--compile]
+    python tests/executor_helpers/overhead.py [--steps 6] [--warmup 2] [--profile tp2] [--compile [blocks|model]]
 
 A model so small that compute is negligible (hidden 64, 8 blocks, 4 heads, 2 KV heads, SwiGLU 128,
 vocab 256, seq 16, global batch 16, micro-batch 1, fp32): what is left per micro-batch is Python,
@@ -89,7 +89,8 @@ def _host_worker(args: argparse.Namespace) -> dict:
         shape = validate(plan, plan.strategy.num_gpus)
         dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=shape.world_size)
         try:
-            session = setup(plan, seed=0, device="cpu", shape=shape, compile_blocks=args.compile)
+            session = setup(plan, seed=0, device="cpu", shape=shape, compile_blocks=bool(args.compile),
+                            compile_scope=args.compile or "blocks")
             marks = [time.process_time()]
             train(session, args.warmup + args.steps, after_step=lambda step: marks.append(time.process_time()))
             per_step = [b - a for a, b in zip(marks, marks[1:])][args.warmup:]
@@ -124,7 +125,8 @@ def _gloo_worker(args: argparse.Namespace) -> dict:
     for name in args.layouts.split(","):
         plan = _plan(name, world)
         shape = validate(plan, world)
-        session = setup(plan, seed=0, device="cpu", shape=shape, reuse_meshes=True, compile_blocks=args.compile)
+        session = setup(plan, seed=0, device="cpu", shape=shape, reuse_meshes=True, compile_blocks=bool(args.compile),
+                        compile_scope=args.compile or "blocks")
         profiler = cProfile.Profile() if args.profile == name and dist.get_rank() == 0 else None
 
         def after_step(step: int, profiler=profiler) -> None:
@@ -159,7 +161,7 @@ def _child(mode: str, layouts: list[str], args: argparse.Namespace, nproc: int =
         out = Path(tmp) / "out.json"
         tail = [str(Path(__file__)), f"--{mode}-worker", "--layouts", ",".join(layouts), "--out", str(out),
                 "--steps", str(args.steps), "--warmup", str(args.warmup)]
-        tail += (["--profile", args.profile] if args.profile else []) + (["--compile"] if args.compile else [])
+        tail += (["--profile", args.profile] if args.profile else []) + (["--compile", args.compile] if args.compile else [])
         if mode == "gloo":
             _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), *tail],
                  show_stderr=bool(args.profile))
@@ -173,7 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--profile", choices=sorted(LAYOUTS), default=None)
-    ap.add_argument("--compile", action="store_true", help="torch.compile each block (as --compile does)")
+    ap.add_argument("--compile", nargs="?", const="blocks", default=None, choices=("blocks", "model"),
+                    help="torch.compile each block (default) or each chunk whole, as the executor's --compile does")
     ap.add_argument("--layouts", default=",".join(LAYOUTS))
     ap.add_argument("--host-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--gloo-worker", action="store_true", help=argparse.SUPPRESS)
