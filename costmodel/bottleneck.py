@@ -51,9 +51,9 @@ def least_feasible_threshold(base: np.ndarray, c: np.ndarray, lo: np.ndarray, N:
     # block time keeps each end strictly on its side despite rounding.
     cb = np.broadcast_to(c_safe, base.shape)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        inv_sum = (1.0 / cb).sum(axis=1)
+        inv_sum = np.broadcast_to(1.0 / c_safe, base.shape).sum(axis=1)  # c_safe may be one per group
         b_sum = (base / cb).sum(axis=1)
-        c_min = cb.min(axis=1)
+        c_min = c_safe.min(axis=1)
         low0 = (N + b_sum) / inv_sum - c_min
         hi0 = np.maximum((N + base.shape[1] + b_sum) / inv_sum, (base + lo * cb).max(axis=1)) + c_min
         use = (np.isfinite(low0) & np.isfinite(hi0) & (c_min > 1e-200) & (np.maximum(low0, 0.0) < hi0)
@@ -61,7 +61,7 @@ def least_feasible_threshold(base: np.ndarray, c: np.ndarray, lo: np.ndarray, N:
     low = np.where(use, np.maximum(low0, 0.0), low)
     hi = np.where(use, hi0, hi)
     # 1. bisect until the window (low, hi] holds at most one jump of each stage
-    narrow = 0.5 * np.broadcast_to(c_safe, base.shape).min(axis=1)
+    narrow = 0.5 * c_min
     for _ in range(2 * _BISECTION_STEPS):
         if not ((hi - low) > narrow).any():
             break
@@ -71,10 +71,15 @@ def least_feasible_threshold(base: np.ndarray, c: np.ndarray, lo: np.ndarray, N:
     k_hi = blocks_under(hi, base, c_safe)
     jumped = k_hi > k_low
     jump_at = np.where(jumped, np.clip(base + (k_hi - _TOL) * c_safe, low[:, None], hi[:, None]), np.inf)
-    order = np.argsort(jump_at, axis=1, kind="stable")
-    at = np.take_along_axis(jump_at, order, axis=1)
-    adds = np.take_along_axis(jumped & (k_low < N), order, axis=1).cumsum(axis=1)  # blocks gained
-    fixes = np.take_along_axis(jumped & (k_low < lo) & (k_hi >= lo), order, axis=1).cumsum(axis=1)
+    rows = np.arange(G)
+    by_time = rows[:, None] * base.shape[1] + np.argsort(jump_at, axis=1, kind="stable")  # flat indices, row-wise
+
+    def in_order(x: np.ndarray) -> np.ndarray:
+        return np.take(x, by_time)
+
+    at = in_order(jump_at)
+    adds = in_order(jumped & (k_low < N)).cumsum(axis=1, dtype=float)  # blocks gained (floats, as need_blocks)
+    fixes = in_order(jumped & (k_low < lo) & (k_hi >= lo)).cumsum(axis=1)
     need_blocks = N - np.minimum(k_low, N).sum(axis=1)
     need_fixes = (k_low < lo).sum(axis=1)
     nxt = np.concatenate([at[:, 1:], np.full((G, 1), np.inf)], axis=1)
@@ -82,7 +87,6 @@ def least_feasible_threshold(base: np.ndarray, c: np.ndarray, lo: np.ndarray, N:
     ok = run_end & (adds >= need_blocks[:, None]) & (fixes >= need_fixes[:, None])
     none_needed = (need_blocks <= 0) & (need_fixes == 0)
     first = np.argmax(ok, axis=1)
-    rows = np.arange(G)
     t_at = np.where(none_needed, low, at[rows, first])
     t_next = np.where(none_needed, at[:, 0], nxt[rows, first])
     t = 0.5 * (t_at + np.minimum(t_next, hi))

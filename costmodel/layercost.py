@@ -9,7 +9,7 @@ tensor-parallel and expert-parallel collectives the layer implies.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -74,8 +74,8 @@ def forward_work(lay: LayerSpec, dev: DevicePerf, par: Parallel, params: CostPar
         elem = dev.memory_time_s(rows * lay.hidden * b * 2 / (tp if par.sp else 1), kernels=2)
         return ForwardWork(0.0, 0.0, elem, 0.0)
     gemm = 0.0
-    for g in matmul_shapes(lay, tp, par.ep, par.moe_tp, par.ep_tokens):
-        gemm = gemm + dev.gemm_time_s(rows * g.m_scale, g.n, g.k, g.count)
+    for t in _gemm_times(dev, matmul_shapes(lay, tp, par.ep, par.moe_tp, par.ep_tokens), rows):
+        gemm = gemm + t
     if lay.kind == "head":
         vocab_local = lay.vocab / tp
         # final norm, then softmax / cross-entropy over the logits in fp32 (read bf16, write and read fp32)
@@ -114,6 +114,20 @@ def forward_work(lay: LayerSpec, dev: DevicePerf, par: Parallel, params: CostPar
     return ForwardWork(gemm, attn, elem, attn_bwd)
 
 
+def _gemm_times(dev: DevicePerf, shapes: list, rows: Any) -> Any:
+    """Time of each GEMM in `shapes` over `rows` tokens (float or array): one array call for all of them,
+    (len(shapes), *shape of rows)."""
+    if not shapes:
+        return []
+    rows = np.asarray(rows, dtype=float)
+    column = (-1,) + (1,) * rows.ndim
+
+    def field(name: str) -> np.ndarray:
+        return np.array([getattr(g, name) for g in shapes], dtype=float).reshape(column)
+
+    return dev.gemm_time_s(rows * field("m_scale"), field("n"), field("k"), field("count"))
+
+
 @dataclass(frozen=True)
 class LayerTrainCost:
     """One layer, one micro-batch, one GPU, in training."""
@@ -139,28 +153,88 @@ class LayerTrainCost:
 def layer_train_cost(lay: LayerSpec, dev: DevicePerf, par: Parallel, params: CostParams, *, micro_batch: Any,
                      seq_len: int, recompute: str) -> LayerTrainCost:
     """Costs for one micro-batch; `micro_batch` may be a numpy array (then every time field is one too)."""
+    t = layer_train_times(lay, dev, par, params, micro_batch=micro_batch, seq_len=seq_len, recompute=recompute)
+    seq = token_count(lay, seq_len)
+    rows = np.asarray(micro_batch, dtype=float) * seq
+    split = param_split(lay, seq_len)
+    expert_ways = par.ep * par.moe_tp
+    params_local = split.replicated + split.tp_sharded / par.tp + split.expert / expert_ways
+    flops = _executed_forward_flops(lay, par, rows, seq, params)
+    return LayerTrainCost(fwd_s=t.fwd_s, bwd_s=t.bwd_s, recompute_s=t.recompute_s, tp_comm_s=t.tp_comm_s,
+                          ep_comm_s=t.ep_comm_s, activation_bytes=t.activation_bytes, params_local=params_local,
+                          flops_fwd=flops)
+
+
+class LayerTrainTimes(NamedTuple):
+    """The time and activation fields of `LayerTrainCost` (what a step's pricing needs)."""
+
+    fwd_s: Any
+    bwd_s: Any
+    recompute_s: Any
+    tp_comm_s: Any
+    ep_comm_s: Any
+    activation_bytes: Any
+
+
+def layer_train_times(lay: LayerSpec, dev: DevicePerf, par: Parallel, params: CostParams, *, micro_batch: Any,
+                      seq_len: int, recompute: str) -> LayerTrainTimes:
+    """`layer_train_cost` without the parameter and FLOP counts."""
+    return layer_train_times_by_recompute(lay, dev, par, params, micro_batch=micro_batch, seq_len=seq_len,
+                                          recomputes=(recompute,))[0]
+
+
+def layer_train_times_by_recompute(lay: LayerSpec, dev: DevicePerf, par: Parallel, params: CostParams, *,
+                                   micro_batch: Any, seq_len: int, recomputes: Any) -> list[LayerTrainTimes]:
+    """`layer_train_times` under each recompute policy in `recomputes`; the forward pass and the collectives
+    they share are priced once."""
     seq = token_count(lay, seq_len)
     rows = np.asarray(micro_batch, dtype=float) * seq
     w = forward_work(lay, dev, par, params, rows=rows, context=seq, causal=True, model_seq=seq_len)
-    fwd = w.total_s + params.layer_overhead_s
-    bwd = 2.0 * w.gemm_s + w.attention_bwd_s + 2.0 * w.elementwise_s + params.layer_overhead_s
+    shared = _TrainShared.of(lay, dev, par, params, w, rows)
+    return [_train_times(lay, dev, par, params, shared, w, rows, seq, rec) for rec in recomputes]
+
+
+@dataclass(frozen=True)
+class _TrainShared:
+    """What a layer's training times share across recompute policies."""
+
+    fwd_s: Any  # forward compute (with the per-layer overhead)
+    bwd_s: Any
+    tp_collective_s: Any  # one tensor-parallel all-reduce, exposed part, with its fixed cost
+    a2a_s: Any  # one expert all-to-all (0 without expert parallelism over data-parallel ranks)
+
+    @classmethod
+    def of(cls, lay: LayerSpec, dev: DevicePerf, par: Parallel, params: CostParams, w: ForwardWork,
+           rows: Any) -> "_TrainShared":
+        fwd = w.total_s + params.layer_overhead_s
+        bwd = 2.0 * w.gemm_s + w.attention_bwd_s + 2.0 * w.elementwise_s + params.layer_overhead_s
+        b = dev.bytes_per_el
+        ar = all_reduce_s(rows * lay.hidden * b, par.tp, par.tp_bw_gbps, par.tp_latency_s)
+        tp_fixed_s = params.tp_collective_overhead_for(dev.gpu.name) if par.tp > 1 else 0.0
+        a2a = 0.0
+        if lay.is_moe and par.ep > 1 and par.ep_mode == "dp":
+            a2a_bytes = rows * lay.top_k * lay.dispatch_dim * b / (par.tp if par.sp else 1)
+            a2a = all_to_all_s(a2a_bytes, par.ep, par.ep_bw_gbps, par.ep_latency_s)
+        return cls(fwd_s=fwd, bwd_s=bwd, tp_collective_s=ar * (1.0 - params.tp_overlap) + tp_fixed_s, a2a_s=a2a)
+
+
+def _train_times(lay: LayerSpec, dev: DevicePerf, par: Parallel, params: CostParams, shared: _TrainShared,
+                 w: ForwardWork, rows: Any, seq: int, recompute: str) -> LayerTrainTimes:
+    """Training times of a layer over `rows` tokens (one micro-batch) under one recompute policy."""
+    fwd, bwd = shared.fwd_s, shared.bwd_s
     if recompute == "full" and lay.kind == "transformer":
         rec = fwd
     elif recompute == "selective" and lay.kind == "transformer":
         rec = w.attention_s  # Korthikanti et al.: recompute only the attention core
     else:
         rec = 0.0
-    b = dev.bytes_per_el
-    tp_bytes = rows * lay.hidden * b
-    ar = all_reduce_s(tp_bytes, par.tp, par.tp_bw_gbps, par.tp_latency_s)
     if lay.kind == "transformer":
         n_ar = 4.0 + (2.0 if recompute == "full" else 0.0)
     elif lay.kind == "embedding":
         n_ar = 1.0  # vocab-parallel lookup combines partial rows
     else:
         n_ar = 1.0  # input gradient of the vocab-parallel head
-    tp_fixed_s = params.tp_collective_overhead_for(dev.gpu.name) if par.tp > 1 else 0.0
-    tp_comm = n_ar * (ar * (1.0 - params.tp_overlap) + tp_fixed_s)
+    tp_comm = n_ar * shared.tp_collective_s
     host_s = params.host_layer_for(dev.gpu.name) if lay.kind == "transformer" else 0.0
     if host_s > 0:
         # the GPU waits for this node's host: forward + backward (+ replay) + collectives take at least host_s
@@ -171,18 +245,12 @@ def layer_train_cost(lay: LayerSpec, dev: DevicePerf, par: Parallel, params: Cos
         fwd, bwd, rec = fwd * scale, bwd * scale, rec * scale
     ep_comm = 0.0
     if lay.is_moe and par.ep > 1 and par.ep_mode == "dp":
-        a2a_bytes = rows * lay.top_k * lay.dispatch_dim * b / (par.tp if par.sp else 1)
-        n_a2a = 4.0 + (2.0 if recompute == "full" else 0.0)
-        ep_comm = n_a2a * all_to_all_s(a2a_bytes, par.ep, par.ep_bw_gbps, par.ep_latency_s)
-    act = rows * activation_bytes_per_token(lay, seq, tp=par.tp, sp=par.sp, recompute=recompute, bytes_per_el=b,
-                                            flash=params.flash_attention, dropout=lay.dropout > 0, ep=par.ep)
-    split = param_split(lay, seq_len)
-    expert_ways = par.ep * par.moe_tp
-    params_local = split.replicated + split.tp_sharded / par.tp + split.expert / expert_ways
-    flops = _executed_forward_flops(lay, par, rows, seq, params)
-    return LayerTrainCost(fwd_s=fwd, bwd_s=bwd, recompute_s=rec, tp_comm_s=tp_comm, ep_comm_s=ep_comm,
-                          activation_bytes=act * params.activation_overhead, params_local=params_local,
-                          flops_fwd=flops)
+        ep_comm = (4.0 + (2.0 if recompute == "full" else 0.0)) * shared.a2a_s
+    act = rows * activation_bytes_per_token(lay, seq, tp=par.tp, sp=par.sp, recompute=recompute,
+                                            bytes_per_el=dev.bytes_per_el, flash=params.flash_attention,
+                                            dropout=lay.dropout > 0, ep=par.ep)
+    return LayerTrainTimes(fwd_s=fwd, bwd_s=bwd, recompute_s=rec, tp_comm_s=tp_comm, ep_comm_s=ep_comm,
+                           activation_bytes=act * params.activation_overhead)
 
 
 def _executed_forward_flops(lay: LayerSpec, par: Parallel, rows: float, seq: int, params: CostParams) -> float:

@@ -114,18 +114,37 @@ def _row_max(x: np.ndarray) -> np.ndarray:
 
 
 def _groups_bandwidth(arr: _ClusterArrays, groups: np.ndarray, num_stages: int, *, rows_sorted: bool = False,
-                      share_by_stage: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                      share_by_stage: bool = False, memo: dict | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Bottleneck bandwidth, latency and in-node flag per stage for a batch of concurrent groups.
 
     groups: (G, S) GPU indices, the groups of stage j in rows [j G / num_stages, (j + 1) G / num_stages).
     Returns arrays of length num_stages (min bandwidth, max latency over the stage's groups; whether all of
     them stay inside one node). Groups that leave a node share its network with the other leaving groups
     (of the same stage, with `share_by_stage`). `rows_sorted`: every row's GPU indices increase (the default
-    placement), so its nodes are already in order.
+    placement), so its nodes are already in order. `memo`: where to keep each group's links (meshes of other
+    shapes often hold the very same tensor-parallel groups).
     """
     G, S = groups.shape
     if S < 2 or G == 0:
         return np.full(num_stages, np.inf), np.zeros(num_stages), np.ones(num_stages, dtype=bool)
+    if memo is not None and not share_by_stage:  # then each group's links do not depend on the stages
+        key = ("groups", groups.shape, rows_sorted, groups.tobytes())
+        hit = memo.get(key)
+        if hit is None:
+            hit = memo[key] = _group_links(arr, groups, num_stages, rows_sorted, share_by_stage)
+        bw, lat, spans = hit
+    else:
+        bw, lat, spans = _group_links(arr, groups, num_stages, rows_sorted, share_by_stage)
+    per_stage = (num_stages, G // num_stages)
+    in_node = (~spans).reshape(per_stage).all(axis=1)
+    return bw.reshape(per_stage).min(axis=1), lat.reshape(per_stage).max(axis=1), in_node
+
+
+def _group_links(arr: _ClusterArrays, groups: np.ndarray, num_stages: int, rows_sorted: bool, share_by_stage: bool
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(G,) bottleneck bandwidth, latency and whether it leaves its node, of each group (see `_groups_bandwidth`)."""
+    G, S = groups.shape
     nodes = arr.node_of_gpu[groups]
     if rows_sorted:  # node indices never decrease with the GPU index
         sorted_nodes = nodes
@@ -150,8 +169,7 @@ def _groups_bandwidth(arr: _ClusterArrays, groups: np.ndarray, num_stages: int, 
         net = np.where(spans, _row_min(arr.net_bw[sorted_nodes] / np.maximum(sharing[slot], 1)), np.inf)
         bw = np.minimum(bw, net)
         lat = np.where(spans, np.maximum(lat, arr.net_lat + _row_max(arr.fabric_lat[sorted_nodes])), lat)
-    per_stage = (num_stages, G // num_stages)
-    return bw.reshape(per_stage).min(axis=1), lat.reshape(per_stage).max(axis=1), (~spans).reshape(per_stage).all(axis=1)
+    return bw, lat, spans
 
 
 def resolve_layout(cluster: Cluster, strategy: Strategy, dtype: str) -> tuple[StageLinks, ...]:
@@ -174,16 +192,17 @@ def _resolve(cluster: Cluster, tp: int, pp: int, dp: int, ep: int, ep_mode: str,
 def _resolve_uncached(cluster: Cluster, tp: int, pp: int, dp: int, ep: int, ep_mode: str,
                       placement: tuple[int, ...] | None, dtype: str) -> tuple[StageLinks, ...]:
     arr = _arrays(cluster)
+    memo = _MEMO.table(cluster)
     n = pp * dp * tp
     ordered = placement is None  # the default placement: GPUs in order, so each group's rows come sorted
     placement = np.arange(n) if placement is None else np.asarray(placement)
     mesh = placement.reshape(pp, dp, tp)  # GPU index of (stage, replica, tp rank)
     stage_ids = np.arange(pp)
     # tensor-parallel groups: (pp*dp, tp)
-    tp_bw, tp_lat, tp_in = _groups_bandwidth(arr, mesh.reshape(pp * dp, tp), pp, rows_sorted=ordered)
+    tp_bw, tp_lat, tp_in = _groups_bandwidth(arr, mesh.reshape(pp * dp, tp), pp, rows_sorted=ordered, memo=memo)
     # data-parallel groups: (pp*tp, dp), all stages at once
     dp_groups = mesh.transpose(0, 2, 1).reshape(pp * tp, dp)
-    dp_bw, dp_lat, dp_in = _groups_bandwidth(arr, dp_groups, pp, rows_sorted=ordered)
+    dp_bw, dp_lat, dp_in = _groups_bandwidth(arr, dp_groups, pp, rows_sorted=ordered, memo=memo)
     # expert-parallel groups
     if ep > 1 and ep_mode == "dp":
         g = mesh.reshape(pp, dp // ep, ep, tp).transpose(0, 1, 3, 2).reshape(pp * (dp // ep) * tp, ep)
@@ -198,20 +217,30 @@ def _resolve_uncached(cluster: Cluster, tp: int, pp: int, dp: int, ep: int, ep_m
     if pp > 1:
         pairs = np.stack([mesh[:-1].reshape(pp - 1, -1), mesh[1:].reshape(pp - 1, -1)], axis=2).reshape(-1, 2)
         nb_bw[:-1], nb_lat[:-1], _ = _groups_bandwidth(arr, pairs, pp - 1, rows_sorted=ordered, share_by_stage=True)
-    # GPU types present on each stage
+    # GPU types present on each stage; stages with the same types share their slowest GPU and smallest memory
     present = np.zeros((pp, len(arr.types)), dtype=bool)
     present[np.repeat(stage_ids, dp * tp), arr.type_of_gpu[mesh.reshape(-1)]] = True
+    devices: dict[tuple[bool, ...], tuple[GPUSpec, float, int]] = {}
+    for row in map(tuple, present.tolist()):
+        if row not in devices:
+            gpus = [t for t, here in zip(arr.types, row) if here]
+            slow = min(gpus, key=lambda s: (_rate(s, dtype), s.memory_bandwidth_gbps))
+            devices[row] = (slow, min(s.memory_bytes for s in gpus), len(gpus))
+    stage_devices = [devices[row] for row in map(tuple, present.tolist())]
+    made: dict[tuple, StageLinks] = {}  # stages alike share one object (most of a long pipeline is)
     out = []
-    for j in range(pp):
-        gpus = [arr.types[t] for t in np.flatnonzero(present[j])]
-        slow = min(gpus, key=lambda s: (_rate(s, dtype), s.memory_bandwidth_gbps))
-        out.append(StageLinks(
-            gpu=slow, memory_bytes=min(s.memory_bytes for s in gpus), num_gpu_types=len(gpus),
-            tp_bw_gbps=float(tp_bw[j]), tp_latency_s=float(tp_lat[j]),
-            dp_bw_gbps=float(dp_bw[j]), dp_latency_s=float(dp_lat[j]),
-            ep_bw_gbps=float(ep_bw[j]), ep_latency_s=float(ep_lat[j]),
-            next_bw_gbps=float(nb_bw[j]), next_latency_s=float(nb_lat[j]),
-            tp_in_node=bool(tp_in[j]), dp_in_node=bool(dp_in[j])))
+    for (gpu, mem, types), *links in zip(stage_devices, tp_bw.tolist(), tp_lat.tolist(), dp_bw.tolist(),
+                                         dp_lat.tolist(), ep_bw.tolist(), ep_lat.tolist(), nb_bw.tolist(),
+                                         nb_lat.tolist(), tp_in.tolist(), dp_in.tolist()):
+        key = (id(gpu), mem, types, *links)
+        lk = made.get(key)
+        if lk is None:
+            tb, tl, db, dl, eb, el, nb, nl, ti, di = links
+            lk = made[key] = StageLinks(
+                gpu=gpu, memory_bytes=mem, num_gpu_types=types, tp_bw_gbps=tb, tp_latency_s=tl, dp_bw_gbps=db,
+                dp_latency_s=dl, ep_bw_gbps=eb, ep_latency_s=el, next_bw_gbps=nb, next_latency_s=nl, tp_in_node=ti,
+                dp_in_node=di)
+        out.append(lk)
     return tuple(out)
 
 

@@ -296,9 +296,8 @@ def split_fits(need: np.ndarray, budget: np.ndarray) -> bool:
             return False
         ends = np.searchsorted(prefix, prefix[starts] + budget[j] * _TOL, side="right") - 1  # furthest end
         ok = ends > starts
-        diff = np.zeros(L + 2, dtype=np.int64)
-        np.add.at(diff, starts[ok] + 1, 1)
-        np.add.at(diff, ends[ok] + 1, -1)
+        # each start reaches the boundaries (start, end]: +1 after the start, -1 after the end, summed
+        diff = np.bincount(starts[ok] + 1, minlength=L + 2) - np.bincount(ends[ok] + 1, minlength=L + 2)
         reach = np.cumsum(diff)[:L + 1] > 0
     return bool(reach[L])
 

@@ -1,7 +1,8 @@
 """`estimate(model, cluster, strategy, workload)`: time, memory per GPU and a breakdown."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import copy
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
 from hardware_profiles.topology import Cluster
@@ -70,9 +71,16 @@ class Estimate:
         return max(terms, key=terms.get) if terms else ""
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["strategy"] = self.strategy.to_dict()
-        d["stages"] = [asdict(s) for s in self.stages]
+        """Plain data: `dataclasses.asdict`, with the strategy as `Strategy.to_dict` gives it."""
+        d = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "strategy":
+                d[f.name] = value.to_dict()
+            elif f.name == "stages":
+                d[f.name] = [asdict(s) for s in value]
+            else:
+                d[f.name] = _plain(value)
         d["bottleneck"] = self.bottleneck
         return d
 
@@ -87,6 +95,17 @@ class Estimate:
         lines.append(f"  memory {self.memory_per_gpu_bytes / gb:.1f} / {self.memory_capacity_bytes / gb:.1f} GB per GPU"
                      + ("" if self.fits else f"  (DOES NOT FIT: short by {self.shortfall_bytes / gb:.1f} GB)"))
         return "\n".join(lines)
+
+
+def _plain(value: Any) -> Any:
+    """A copy of a field value as `dataclasses.asdict` makes it (containers copied, the rest deep-copied)."""
+    if isinstance(value, dict):
+        return type(value)((_plain(k), _plain(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return copy.deepcopy(value)
 
 
 # Terms of `breakdown` that add up to `time_s` (the others are informational).

@@ -19,8 +19,10 @@ code with G = 1:
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
+import operator
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import NamedTuple, Sequence
@@ -32,7 +34,7 @@ from hardware_profiles.topology import Cluster
 from .bottleneck import least_feasible_threshold
 from .comm import all_gather_s, all_reduce_s, p2p_s, reduce_scatter_s, with_network_efficiency
 from .pricing import CostContext, Estimate, StageEstimate
-from .layercost import Parallel, layer_train_cost, token_count
+from .layercost import Parallel, layer_train_times_by_recompute, token_count
 from .layertimes import find as find_layer_times
 from .layers import attention_flops_per_token, model_flops_per_token, param_split
 from .layout import StageLinks, resolve_layout
@@ -66,9 +68,16 @@ def static_bytes(workload: Training) -> StaticBytes:
     return StaticBytes(weights=float(w), gradients=float(w), optimizer=opt)
 
 
-def _zero_div(zero: np.ndarray, ways: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """How many ways weights, gradients and optimizer state are sharded under each ZeRO stage."""
-    return (np.where(zero >= 3, ways, 1.0), np.where(zero >= 2, ways, 1.0), np.where(zero >= 1, ways, 1.0))
+def take_rows(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """a[idx] along the first axis. np.take copies each selected row whole; fancy indexing copies a row's
+    elements one by one, which dominates when rows are short and many."""
+    return np.take(a, idx, axis=0)
+
+
+def take_pairs(a: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """a[rows, cols] (the trailing axes kept whole), through one flat index instead of two."""
+    flat = a.reshape((a.shape[0] * a.shape[1],) + a.shape[2:])
+    return np.take(flat, np.asarray(rows) * a.shape[1] + cols, axis=0)
 
 
 def expert_ways(s: Strategy) -> int:
@@ -88,45 +97,67 @@ def class_cost_table(model: ModelSpec, ctx: CostContext, workload: Training,
     memo = ctx.memo.setdefault(("class_costs", id(model), seq, workload.dtype), {})
     groups: dict[tuple, list[int]] = {}
     for i, (lk, s) in enumerate(requests):
-        hit = memo.get((lk.device_key, s.tp, s.ep, s.ep_mode, s.sequence_parallel, s.recompute, s.micro_batch))
+        key = (lk.device_key, s.tp, s.ep, s.ep_mode, s.sequence_parallel, s.recompute)
+        hit = memo.get(key + (s.micro_batch,))
         if hit is not None:
             out[i] = hit
             continue
-        key = (lk.device_key, s.tp, s.ep, s.ep_mode, s.sequence_parallel, s.recompute)
         groups.setdefault(key, []).append(i)
     for key, idx in groups.items():
         lk, s = requests[idx[0]]
-        dev = ctx.device(lk.gpu, workload.dtype)
-        lf = prm.collective_latency_factor
-        par = Parallel(tp=s.tp, ep=s.ep, ep_mode=s.ep_mode, sp=s.sequence_parallel,
-                       tp_bw_gbps=lk.tp_bw_gbps * prm.collective_efficiency, tp_latency_s=lk.tp_latency_s * lf,
-                       ep_bw_gbps=lk.ep_bw_gbps * prm.collective_efficiency, ep_latency_s=lk.ep_latency_s * lf)
         mbs = np.array([requests[i][1].micro_batch for i in idx], dtype=float)
         uniq, inv = np.unique(mbs, return_inverse=True)
-        for k, lay in enumerate(classes):
-            c = layer_train_cost(lay, dev, par, prm, micro_batch=uniq, seq_len=seq, recompute=s.recompute)
-            cols = [c.fwd_s, c.bwd_s, c.recompute_s, c.tp_comm_s, c.ep_comm_s, c.activation_bytes]
-            for f, col in enumerate(cols):
-                out[idx, k, f] = np.broadcast_to(np.asarray(col, dtype=float), uniq.shape)[inv]
-        measured = find_layer_times(ctx.layer_times, model.name, lk.gpu.name, s.tp)
-        if measured is not None:  # measured compute replaces the formula's
-            per_sample = measured.per_class(model.layer_classes[1], len(classes))
-            fwd = (mbs[:, None] if measured.scales_with_batch else np.ones_like(mbs)[:, None]) * per_sample[None, :]
-            out[idx, :, FWD] = fwd
-            out[idx, :, BWD] = measured.backward_factor * fwd
-            is_block = np.array([lay.kind == "transformer" for lay in classes])
-            out[idx, :, REC] = fwd * is_block if s.recompute == "full" else 0.0
-            if measured.includes_tp_comm:
-                out[idx, :, TPC] = 0.0
-        if prm.host_layer_s > 0:
-            _host_floor(out, idx, classes, prm.host_layer_s * (4 / 3 if s.recompute == "full" else 1.0))
-        for i in idx:
-            s_i = requests[i][1]
-            memo[key + (s_i.micro_batch,)] = out[i].copy()
+        block = _class_costs(model, ctx, workload, lk, s, uniq)  # (micro-batch sizes, K, 6)
+        out[idx] = block[inv]
+        for mb, row in zip(uniq.tolist(), block):
+            memo[key + (int(mb),)] = row
     return out
 
 
-def _host_floor(out: np.ndarray, idx: list[int], classes: Sequence, host_s: float) -> None:
+def _class_costs(model: ModelSpec, ctx: CostContext, workload: Training, lk: StageLinks, s: Strategy | CostKey,
+                 micro_batches: np.ndarray) -> np.ndarray:
+    """(len(micro_batches), K, 6) costs of every layer class on one stage's devices, per micro-batch size."""
+    return _class_costs_by_recompute(model, ctx, workload, lk, s, micro_batches, (s.recompute,))[0]
+
+
+def _class_costs_by_recompute(model: ModelSpec, ctx: CostContext, workload: Training, lk: StageLinks,
+                              s: Strategy | CostKey, micro_batches: np.ndarray, recomputes: Sequence[str]
+                              ) -> list[np.ndarray]:
+    """`_class_costs` under each recompute policy (the one in `s` is ignored): the forward work they share is
+    priced once per layer class."""
+    prm = ctx.params
+    seq = workload.seq_len or model.seq_len
+    classes, _ = model.layer_classes
+    dev = ctx.device(lk.gpu, workload.dtype)
+    lf = prm.collective_latency_factor
+    par = Parallel(tp=s.tp, ep=s.ep, ep_mode=s.ep_mode, sp=s.sequence_parallel,
+                   tp_bw_gbps=lk.tp_bw_gbps * prm.collective_efficiency, tp_latency_s=lk.tp_latency_s * lf,
+                   ep_bw_gbps=lk.ep_bw_gbps * prm.collective_efficiency, ep_latency_s=lk.ep_latency_s * lf)
+    blocks = [np.empty((len(micro_batches), len(classes), 6)) for _ in recomputes]
+    for k, lay in enumerate(classes):
+        by_rec = layer_train_times_by_recompute(lay, dev, par, prm, micro_batch=micro_batches, seq_len=seq,
+                                                recomputes=recomputes)
+        for block, times in zip(blocks, by_rec):
+            for f, col in enumerate(times):  # FWD, BWD, REC, TPC, EPC, ACT
+                block[:, k, f] = col
+    measured = find_layer_times(ctx.layer_times, model.name, lk.gpu.name, s.tp)
+    for block, rec in zip(blocks, recomputes):
+        if measured is not None:  # measured compute replaces the formula's
+            per_sample = measured.per_class(model.layer_classes[1], len(classes))
+            scale = micro_batches if measured.scales_with_batch else np.ones_like(micro_batches)
+            fwd = scale[:, None] * per_sample[None, :]
+            block[:, :, FWD] = fwd
+            block[:, :, BWD] = measured.backward_factor * fwd
+            is_block = np.array([lay.kind == "transformer" for lay in classes])
+            block[:, :, REC] = fwd * is_block if rec == "full" else 0.0
+            if measured.includes_tp_comm:
+                block[:, :, TPC] = 0.0
+        if prm.host_layer_s > 0:
+            _host_floor(block, slice(None), classes, prm.host_layer_s * (4 / 3 if rec == "full" else 1.0))
+    return blocks
+
+
+def _host_floor(out: np.ndarray, idx: list[int] | slice, classes: Sequence, host_s: float) -> None:
     """Stretch each transformer block's compute so forward + backward (+ replay) + its collectives take at
     least `host_s`: the GPU waits for the host in between its kernels (full recompute replays the forward,
     about a third more host work). The wait is booked as compute, spread in proportion."""
@@ -156,13 +187,23 @@ def in_flight(schedule: np.ndarray, p: int, m: np.ndarray, v: np.ndarray) -> np.
 
     `schedule` is (V,) shared by all groups or (G, V)."""
     sch = np.asarray(schedule)
-    sch = sch[None, :, None] if sch.ndim == 1 else sch[:, :, None]
     m = np.asarray(m, dtype=float)[:, None, None]
     v = np.asarray(v, dtype=float)[:, None, None]
-    j = np.arange(p)[None, None, :]
+    j = np.arange(p, dtype=float)[None, None, :]  # floats throughout: mixed int/float ufuncs go through buffers
     one_f = np.minimum(p - j, m)
     inter = np.minimum(m * v, 2 * (p - j - 1) + (v - 1) * p + 1) / v
-    return np.where(sch == SCHEDULE_CODES["gpipe"], m, np.where(sch == SCHEDULE_CODES["interleaved"], inter, one_f))
+    by_code = np.concatenate([one_f, np.broadcast_to(m, one_f.shape), inter], axis=1)  # 1F1B, GPipe, interleaved
+    code = np.where((sch == SCHEDULE_CODES["gpipe"]) | (sch == SCHEDULE_CODES["interleaved"]), sch, 0)
+    return _pick(by_code, code)
+
+
+def _pick(by_case: np.ndarray, case: np.ndarray) -> np.ndarray:
+    """(G, V, ...) from per-case values `by_case` (G, C, ...): variant v of group g takes case[v] (shared by
+    all groups, (V,)) or case[g, v] ((G, V))."""
+    case = np.asarray(case)
+    if case.ndim == 1:
+        return np.take(by_case, case, axis=1)
+    return take_pairs(by_case, np.arange(len(by_case))[:, None], case)
 
 
 class CostKey(NamedTuple):
@@ -182,18 +223,18 @@ class CostKey(NamedTuple):
 
 @dataclass(frozen=True, eq=False)
 class Bases:
-    """G strategies sharing pp and virtual stages, as columns (ZeRO stage and schedule left to `assemble`):
-    what `build_stage_batch` prices. `layout` indexes `infos` (one per mesh layout), `key` indexes `keys`;
+    """G strategies sharing pp, as columns (ZeRO stage and schedule left to `assemble`): what
+    `build_stage_batch` prices. `layout` indexes `infos` (one per mesh layout), `key` indexes `keys`;
     a search builds these directly instead of one `Strategy` per candidate."""
 
     pp: int
-    v: int
+    v: np.ndarray  # (G,) int virtual stages per device
     dp: np.ndarray  # (G,) int
     layout: np.ndarray  # (G,) int
     infos: tuple[LayoutInfo, ...]
     key: np.ndarray  # (G,) int
     keys: tuple[CostKey, ...]
-    stages: np.ndarray | None = None  # (G, p*v + 1) given cut points, rows of -1 where none is given
+    stages: np.ndarray | None = None  # (G, p*v + 1) given cut points (-1 after a row's last), rows of -1 where none
     strategies: tuple[Strategy, ...] | None = None  # where built from Strategy objects
 
     def __len__(self) -> int:
@@ -201,13 +242,42 @@ class Bases:
 
     def take(self, idx: np.ndarray) -> "Bases":
         idx = np.asarray(idx, dtype=np.int64)
-        return replace(self, dp=self.dp[idx], layout=self.layout[idx], key=self.key[idx],
+        return replace(self, v=self.v[idx], dp=self.dp[idx], layout=self.layout[idx], key=self.key[idx],
                        stages=None if self.stages is None else self.stages[idx],
                        strategies=None if self.strategies is None else tuple(self.strategies[i] for i in idx))
+
+    @staticmethod
+    def concat(parts: Sequence["Bases"]) -> "Bases":
+        """The strategies of several `Bases` with the same pp, layouts and cost keys, in order."""
+        first = parts[0]
+        if len(parts) == 1:
+            return first
+        if any(b.pp != first.pp or b.infos is not first.infos or b.keys is not first.keys for b in parts):
+            raise ValueError("Bases.concat needs the same pp, layouts and cost keys")
+        stages = None
+        if any(b.stages is not None for b in parts):
+            width = max(b.stages.shape[1] for b in parts if b.stages is not None)
+            stages = np.full((sum(len(b) for b in parts), width), -1, dtype=np.int64)
+            at = 0
+            for b in parts:
+                if b.stages is not None:
+                    stages[at:at + len(b), :b.stages.shape[1]] = b.stages
+                at += len(b)
+        strategies = None
+        if all(b.strategies is not None for b in parts):
+            strategies = tuple(s for b in parts for s in b.strategies)
+        return replace(first, v=np.concatenate([b.v for b in parts]), dp=np.concatenate([b.dp for b in parts]),
+                       layout=np.concatenate([b.layout for b in parts]),
+                       key=np.concatenate([b.key for b in parts]), stages=stages, strategies=strategies)
 
     def key_column(self, field: str) -> np.ndarray:
         """(G,) one field of each strategy's cost key."""
         return _key_columns(self.keys)[field][self.key]
+
+    @property
+    def key_columns(self) -> dict[str, np.ndarray]:
+        """Each field of the cost keys, by index into `keys`."""
+        return _key_columns(self.keys)
 
     @cached_property
     def expert_ways(self) -> np.ndarray:
@@ -223,8 +293,9 @@ def _key_columns(keys: tuple[CostKey, ...]) -> dict[str, np.ndarray]:
     hit = _KEY_COLUMNS.get(id(keys))
     if hit is not None and hit[0] is keys:
         return hit[1]
-    cols = {f: np.array([getattr(k, f) for k in keys], dtype=object if f in ("ep_mode", "recompute") else None)
-            for f in CostKey._fields}
+    fields = zip(*keys) if keys else [()] * len(CostKey._fields)
+    cols = {f: np.array(values, dtype=object if f in ("ep_mode", "recompute") else None)
+            for f, values in zip(CostKey._fields, fields)}
     if len(_KEY_COLUMNS) > 256:
         _KEY_COLUMNS.clear()
     _KEY_COLUMNS[id(keys)] = (keys, cols)
@@ -232,7 +303,7 @@ def _key_columns(keys: tuple[CostKey, ...]) -> dict[str, np.ndarray]:
 
 
 def bases_of(cluster: Cluster, workload: Training, ctx: CostContext, strategies: Sequence[Strategy]) -> Bases:
-    """`Bases` of Strategy objects that share pp and virtual stages."""
+    """`Bases` of Strategy objects that share pp."""
     strategies = tuple(strategies)
     G = len(strategies)
     infos: list = []
@@ -262,15 +333,17 @@ def bases_of(cluster: Cluster, workload: Training, ctx: CostContext, strategies:
             if s.stages is not None:
                 stages[g] = s.stages
     s0 = strategies[0]
-    return Bases(pp=s0.pp, v=s0.virtual_stages, dp=np.array([s.dp for s in strategies], dtype=np.int64),
+    return Bases(pp=s0.pp, v=np.array([s.virtual_stages for s in strategies], dtype=np.int64),
+                 dp=np.array([s.dp for s in strategies], dtype=np.int64),
                  layout=layout, infos=tuple(infos), key=key, keys=tuple(keys), stages=stages, strategies=strategies)
 
 
 @dataclass(frozen=True)
 class StageBatch:
-    """G strategies (same pp and virtual stages) with their layers split into stages.
+    """G strategies (same pp) with their layers split into stages.
 
-    Arrays are (G, p) per stage and per micro-batch unless noted; `cuts` is (G, p*v + 1)."""
+    Arrays are (G, p) per stage and per micro-batch unless noted; `cuts` is (G, p * max(v) + 1), each row's
+    p*v + 1 cut points followed by -1 (`cuts_of`)."""
 
     bases: Bases
     cuts: np.ndarray
@@ -299,7 +372,8 @@ class StageBatch:
         return self.bases.pp
 
     @property
-    def v(self) -> int:
+    def v(self) -> np.ndarray:
+        """(G,) virtual stages per device."""
         return self.bases.v
 
     @property
@@ -312,6 +386,10 @@ class StageBatch:
 
     def links_of(self, g: int) -> tuple[StageLinks, ...]:
         return self.bases.infos[int(self.bases.layout[g])].links
+
+    def cuts_of(self, g: int) -> tuple[int, ...]:
+        """Cut points of group g: p*v + 1 of them."""
+        return tuple(int(c) for c in self.cuts[g, :self.pp * int(self.v[g]) + 1])
 
 
 def _uniform_cuts(T: np.ndarray, extra: np.ndarray, num_blocks: int) -> np.ndarray:
@@ -333,15 +411,31 @@ def _uniform_cuts(T: np.ndarray, extra: np.ndarray, num_blocks: int) -> np.ndarr
     c_safe = np.maximum(c, 1e-300)[:, None]
     hi = least_feasible_threshold(base, c[:, None], lo, N)
     kmax = np.minimum(np.floor((hi[:, None] - base) / c_safe + 1e-9), N)
-    k = np.zeros((G, p))
-    left = np.full(G, float(N))
-    for j in range(p):
-        k[:, j] = np.minimum(kmax[:, j], left - lo[j + 1:].sum())
-        left -= k[:, j]
     cuts = np.zeros((G, p + 1))
-    cuts[:, 1:] = 1 + np.cumsum(k, axis=1)
+    cuts[:, 1:] = 1 + _front_loaded_prefix(kmax, lo, N)
     cuts[:, -1] += 1
     return cuts.astype(np.int64)
+
+
+def _uniform_cuts_memo(T: np.ndarray, extra: np.ndarray, num_blocks: int, memo: dict | None) -> np.ndarray:
+    """`_uniform_cuts`, answered from `memo` when the very same batch was split before: with interleaving, a
+    search meets the same chunks again under other (pp, v) of equal pp * v (their chunks cost the same)."""
+    if memo is None:
+        return _uniform_cuts(T, extra, num_blocks)
+    key = ("uniform_cuts", T.shape, num_blocks, T.tobytes(), extra.tobytes())
+    cuts = memo.get(key)
+    if cuts is None:
+        cuts = memo[key] = _uniform_cuts(T, extra, num_blocks)
+    return cuts
+
+
+def _front_loaded_prefix(kmax: np.ndarray, lo: np.ndarray, N: int) -> np.ndarray:
+    """(G, p) blocks on stages 0..j when each stage in turn takes as many as it may (kmax_j) while leaving the
+    later stages their least (lo): S_j = min(S_(j-1) + kmax_j, N - sum(lo[j+1:])). With P the prefix sums of
+    kmax, S_j = P_j + min(0, min over i <= j of (N - sum(lo[i+1:]) - P_i)). Whole numbers, so exact in floats."""
+    prefix = np.cumsum(kmax, axis=1)
+    later_least = np.cumsum(lo[::-1])[::-1] - lo  # sum(lo[j+1:])
+    return prefix + np.minimum(np.minimum.accumulate((N - later_least) - prefix, axis=1), 0.0)
 
 
 def _greedy_fill(t: np.ndarray, base: np.ndarray, c: np.ndarray, lo: np.ndarray, N: int, order: np.ndarray,
@@ -434,15 +528,48 @@ def _cuts_from_blocks(k: np.ndarray) -> np.ndarray:
 def _boundary_bytes(model: ModelSpec, workload: Training, micro_batch: np.ndarray, tp: np.ndarray,
                     ctx: CostContext | None = None) -> np.ndarray:
     """(G, L + 1): bytes each TP rank sends at a cut before layer i (one micro-batch of activations)."""
-    seq = workload.seq_len or model.seq_len
-    b = _WEIGHT_BYTES[workload.dtype]
+    bnd = _Boundary.of(model, workload, micro_batch, tp, ctx)
+    return bnd.scale[:, None] * bnd.per_cut[None, :]
+
+
+def _activations_per_cut(model: ModelSpec, seq: int, ctx: CostContext | None) -> np.ndarray:
+    """(L + 1,) activation elements per sample crossing a cut before layer i (0 before the first)."""
     memo = {} if ctx is None else ctx.memo
     hfac = memo.get(("boundary", id(model), seq))
     if hfac is None:
-        hfac = memo[("boundary", id(model), seq)] = np.array(
-            [0.0] + [token_count(lay, seq) * lay.hidden for lay in model.layers])
-    scale = np.asarray(micro_batch, dtype=np.int64) * b / np.asarray(tp, dtype=np.int64)
-    return scale[:, None] * hfac[None, :]
+        per_class = [token_count(lay, seq) * lay.hidden for lay in model.layer_classes[0]]
+        hfac = memo[("boundary", id(model), seq)] = np.array([0.0] + _per_layer(model, per_class))
+    return hfac
+
+
+@dataclass(frozen=True)
+class _Boundary:
+    """Bytes each TP rank sends at a cut before layer i, for G groups: scale[g] * per_cut[i] (one micro-batch of
+    activations); the (G, L + 1) table `_boundary_bytes` gives is only formed where asked."""
+
+    scale: np.ndarray  # (G,)
+    per_cut: np.ndarray  # (L + 1,)
+
+    @classmethod
+    def of(cls, model: ModelSpec, workload: Training, micro_batch: np.ndarray, tp: np.ndarray,
+           ctx: CostContext | None) -> "_Boundary":
+        b = _WEIGHT_BYTES[workload.dtype]
+        scale = np.asarray(micro_batch, dtype=np.int64) * b / np.asarray(tp, dtype=np.int64)
+        return cls(scale=scale, per_cut=_activations_per_cut(model, workload.seq_len or model.seq_len, ctx))
+
+    def take(self, rows: np.ndarray | slice) -> "_Boundary":
+        return _Boundary(scale=self.scale[rows], per_cut=self.per_cut)
+
+    def at(self, cuts: np.ndarray) -> np.ndarray:
+        """(G, n) bytes at cut indices `cuts` ((G, n) or (n,))."""
+        return self.scale[:, None] * self.per_cut[cuts]
+
+    def row(self, g: int) -> np.ndarray:
+        return self.scale[g] * self.per_cut
+
+    def largest(self) -> np.ndarray:
+        """(G,) the most bytes any cut sends (scale >= 0, so the largest per-cut figure decides)."""
+        return self.scale * self.per_cut.max()
 
 
 @dataclass(frozen=True)
@@ -469,17 +596,27 @@ def layout_info(cluster: Cluster, s: Strategy, workload: Training, ctx: CostCont
     links = resolve_layout(with_network_efficiency(cluster, prm), s, workload.dtype)  # node types' achieved network
     registry = ctx.memo.setdefault("device_keys", {})
     dev_links = ctx.memo.setdefault("device_links", {})
-    dev_ids = np.array([registry.setdefault(lk.device_key, len(registry)) for lk in links])
-    for d, lk in zip(dev_ids, links):
-        dev_links.setdefault(int(d), lk)
+    # stages often share one StageLinks object: work out each distinct one once, then spread by stage
+    distinct = {id(lk): lk for lk in links}
+    at = {i: n for n, i in enumerate(distinct)}
+    stage = np.array([at[id(lk)] for lk in links])
+    uniq = list(distinct.values())
+    ids = [registry.setdefault(lk.device_key, len(registry)) for lk in uniq]
+    for d, lk in zip(ids, uniq):
+        dev_links.setdefault(d, lk)
+    dev_ids = np.array(ids)[stage]
+
+    def per_stage(values: list) -> np.ndarray:
+        return np.array(values)[stage]
+
     info = ctx.memo[key] = LayoutInfo(
         links=links, dev_ids=dev_ids, same_stage=bool((dev_ids == dev_ids[0]).all()),
-        nb_bw=np.array([lk.next_bw_gbps for lk in links]) * prm.collective_efficiency,
-        nb_lat=np.array([lk.next_latency_s for lk in links]) * prm.collective_latency_factor,
-        dp_bw=np.array([lk.dp_bw_gbps for lk in links]) * prm.collective_efficiency,
-        dp_lat=np.array([lk.dp_latency_s for lk in links]) * prm.collective_latency_factor,
-        mem_gbps=np.array([ctx.device(lk.gpu, workload.dtype).memory_gbps for lk in links]),
-        caps=np.array([lk.memory_bytes * prm.memory_usable_fraction for lk in links]))
+        nb_bw=per_stage([lk.next_bw_gbps for lk in uniq]) * prm.collective_efficiency,
+        nb_lat=per_stage([lk.next_latency_s for lk in uniq]) * prm.collective_latency_factor,
+        dp_bw=per_stage([lk.dp_bw_gbps for lk in uniq]) * prm.collective_efficiency,
+        dp_lat=per_stage([lk.dp_latency_s for lk in uniq]) * prm.collective_latency_factor,
+        mem_gbps=per_stage([ctx.device(lk.gpu, workload.dtype).memory_gbps for lk in uniq]),
+        caps=per_stage([lk.memory_bytes * prm.memory_usable_fraction for lk in uniq]))
     return info
 
 
@@ -505,31 +642,67 @@ def _requests(bases: Bases, dev: np.ndarray, ctx: CostContext) -> tuple[np.ndarr
 
 def prime_class_costs(model: ModelSpec, workload: Training, ctx: CostContext,
                       groups: Sequence[Bases]) -> None:
-    """Price the layer classes of every strategy of a search in one `class_cost_table` call, so the later
-    per-bucket calls find them in the memo: one vectorised call per layer class and (devices, tp, ep, SP,
+    """Price the layer classes of every (stage devices, cost key) of a search once, into a table that
+    `build_stage_batch` looks rows up in: one vectorised call per layer class and (devices, tp, ep, SP,
     recompute) covers every micro-batch size of the whole search. All `groups` share one `keys` tuple."""
-    requests: dict[tuple, tuple] = {}
-    dev_links = ctx.memo.get("device_links", {})
-    for bases in groups:
-        used, inv = np.unique(bases.layout, return_inverse=True)
-        dev = np.array([bases.infos[u].dev_ids for u in used])[inv]
-        n = len(bases.keys)
-        for u in np.unique((dev * n + bases.key[:, None]).ravel()):
-            d, k = divmod(int(u), n)
-            requests.setdefault((d, k), (dev_links[d], bases.keys[k]))
-    table = class_cost_table(model, ctx, workload, list(requests.values()))
-    if not groups or len({id(b.keys) for b in groups}) != 1:
+    if not groups:
         return
-    # lookup tables for `build_stage_batch`: request row by (device id, cost key), class parameters by key
+    if len({id(b.keys) for b in groups}) != 1:  # no common key index: price each group's requests
+        for bases in groups:
+            class_cost_table(model, ctx, workload, _requests(bases, _stage_devices(bases), ctx)[1])
+        return
     keys = groups[0].keys
-    lut = np.full((len(dev_links), len(keys)), -1, dtype=np.int64)
-    for r, (d, k) in enumerate(requests):
-        lut[d, k] = r
+    n = len(keys)
+    dev_links = ctx.memo.get("device_links", {})
+    codes = np.unique(np.concatenate([(_stage_devices(b) * n + b.key[:, None]).ravel() for b in groups]))
+    dev_of, key_of = np.divmod(codes, n)
+    cols = _key_columns(keys)
+    # requests that differ only in micro-batch and recompute share their forward work: one call prices them
+    _, family = np.unique(np.stack([dev_of, *(np.unique(cols[f], return_inverse=True)[1].ravel()[key_of]
+                                              for f in ("tp", "ep", "ep_mode", "sequence_parallel"))], axis=1),
+                          axis=0, return_inverse=True)
+    family = family.ravel()
+    order = np.argsort(family, kind="stable")
+    starts = np.flatnonzero(np.diff(family[order], prepend=-1))
+    table = np.empty((len(codes), len(model.layer_classes[0]), 6))
+    mb_of = cols["micro_batch"][key_of].astype(float)
+    recs, rec_of = np.unique(cols["recompute"][key_of], return_inverse=True)
+    rec_of = rec_of.ravel()
+    for members in np.split(order, starts[1:]):
+        uniq = np.unique(mb_of[members])
+        used = np.unique(rec_of[members])
+        blocks = _class_costs_by_recompute(model, ctx, workload, dev_links[int(dev_of[members[0]])],
+                                           keys[int(key_of[members[0]])], uniq, recs[used].tolist())
+        at = np.searchsorted(used, rec_of[members])
+        mb_at = np.searchsorted(uniq, mb_of[members])
+        for j, block in enumerate(blocks):
+            sel = at == j
+            table[members[sel]] = block[mb_at[sel]]
+    lut = np.full((len(dev_links), n), -1, dtype=np.int64)
+    lut[dev_of, key_of] = np.arange(len(codes))
+    ctx.memo[("primed", id(model), workload.seq_len or model.seq_len, workload.dtype)] = _Primed(
+        keys=keys, lut=lut, table=table, **_params_by_key(model, workload, ctx, keys))
+
+
+def _params_by_key(model: ModelSpec, workload: Training, ctx: CostContext, keys: tuple[CostKey, ...]
+                   ) -> dict[str, np.ndarray]:
+    """Dense and expert parameters per layer class (keys, K) and the largest layer (keys,) of each cost key;
+    each distinct (tp, ep, expert tp) worked out once."""
     seq = workload.seq_len or model.seq_len
-    cp = [_class_params_cached(model, k, seq, ctx) for k in keys]
-    ctx.memo[("primed", id(model), seq, workload.dtype)] = _Primed(
-        keys=keys, lut=lut, table=table, dense=np.array([c[0] for c in cp]), expert=np.array([c[1] for c in cp]),
-        max_layer=np.array([c[2] for c in cp]))
+    cols = _key_columns(keys)
+    moe_tp = np.where(cols["ep_mode"] == "tp", cols["tp"] // cols["ep"], cols["tp"])
+    degrees, first, inv = np.unique(np.stack([cols["tp"], cols["ep"], moe_tp], axis=1), axis=0, return_index=True,
+                                    return_inverse=True)
+    cp = [_class_params_cached(model, keys[i], seq, ctx) for i in first.tolist()]
+    idx = inv.ravel()
+    return {"dense": np.array([c[0] for c in cp])[idx], "expert": np.array([c[1] for c in cp])[idx],
+            "max_layer": np.array([c[2] for c in cp])[idx]}
+
+
+def _stage_devices(bases: Bases) -> np.ndarray:
+    """(G, p) device id of every stage of each strategy."""
+    used, inv = np.unique(bases.layout, return_inverse=True)
+    return take_rows(np.array([bases.infos[u].dev_ids for u in used]), inv)
 
 
 @dataclass(frozen=True, eq=False)
@@ -547,7 +720,7 @@ class _Primed:
 def build_stage_batch(model: ModelSpec, cluster: Cluster, workload: Training, ctx: CostContext,
                       strategies: Sequence[Strategy] | Bases, *, cuts: np.ndarray | None = None,
                       split: str = "optimal") -> StageBatch:
-    """Costs of G strategies sharing pp and virtual stages, with the time-optimal split (or the given `cuts`,
+    """Costs of G strategies sharing pp, with the time-optimal split (or the given `cuts`, (G, p * max(v) + 1),
     or each strategy's own `stages`).
 
     split="even": where the optimal split needs the general DP (non-uniform models, stages on different
@@ -566,99 +739,50 @@ def build_stage_batch(model: ModelSpec, cluster: Cluster, workload: Training, ct
     infos = [bases.infos[u] for u in used]
 
     def per_layout(attr: str) -> np.ndarray:
-        return np.array([getattr(info, attr) for info in infos])[linv]
+        return take_rows(np.array([getattr(info, attr) for info in infos]), linv)
 
-    dev = per_layout("dev_ids")
-    primed = ctx.memo.get(("primed", id(model), seq, workload.dtype))
-    if primed is not None and primed.keys is bases.keys and dev.max() < len(primed.lut):
-        ridx = primed.lut[dev, bases.key[:, None]]
-        if (ridx < 0).any():
-            primed = None
-    else:
-        primed = None
-    if primed is not None:
-        C = primed.table[ridx]
-    else:
-        ridx, requests = _requests(bases, dev, ctx)
-        C = class_cost_table(model, ctx, workload, requests)[ridx]  # (G, p, K, 6)
+    C, primed = stage_class_costs(model, workload, ctx, bases, per_layout("dev_ids"))  # (G, p, K, 6)
     t_cls = C[..., FWD] + C[..., BWD] + C[..., REC] + C[..., TPC] + C[..., EPC]  # (G, p, K)
-    same_stage = per_layout("same_stage")
     tp = bases.key_column("tp")
     micro_batch = bases.key_column("micro_batch")
     m = workload.global_batch // bases.dp // micro_batch
 
-    bnd = _boundary_bytes(model, workload, micro_batch, tp, ctx)
+    bnd = _Boundary.of(model, workload, micro_batch, tp, ctx)
     nb_bw = per_layout("nb_bw")
     nb_lat = per_layout("nb_lat")
-    chunks = p * v
+    by_v = _rows_by_value(v)
 
     exact = np.ones(G, dtype=bool)
     mixed_lb = np.zeros(G)  # objective lower bound from the mixed closed form, where it ran
     if cuts is None:
-        cuts = np.zeros((G, chunks + 1), dtype=np.int64)
+        cuts = np.full((G, p * int(v.max()) + 1), -1, dtype=np.int64)
         given = np.zeros(G, dtype=bool) if bases.stages is None else bases.stages[:, 0] >= 0
         if given.any():
-            cuts[given] = bases.stages[given]
-        todo = np.flatnonzero(~given)
-        if len(todo):
-            fast = todo if model.is_uniform else np.array([], dtype=np.int64)
-            if len(fast):  # uniform model: closed forms, and every cut sends the same bytes
-                T3 = t_cls[fast][:, :, [cls_index[0], cls_index[1], cls_index[-1]]]
-                same = same_stage[fast]
-                if v == 1:
-                    out = np.where(np.arange(p) < p - 1, p2p_s(bnd[fast, 1:2], nb_bw[fast], nb_lat[fast]), 0.0)
-                    inn = np.zeros_like(out)
-                    inn[:, 1:] = p2p_s(bnd[fast, 1:2], nb_bw[fast, :-1], nb_lat[fast, :-1])
-                    extra = out + inn
-                else:
-                    T3 = np.tile(T3, (1, v, 1))  # chunk c runs on stage c % p
-                    extra = np.zeros((len(fast), chunks))
-                if same.any():
-                    cuts[fast[same]] = _uniform_cuts(T3[same], extra[same], L - 2)
-                if (~same).any():
-                    mixed = fast[~same]
-                    weight = (m[mixed] * v - 1).astype(float)
-                    cuts[mixed], ok, lower = _uniform_cuts_mixed(T3[~same], extra[~same], L - 2, weight,
-                                                                 bottleneck_only=split == "even")
-                    exact[mixed] = ok
-                    mixed_lb[mixed] = lower
-            slow = todo[:0] if model.is_uniform else todo
-            if split == "even":
-                for g in slow:
-                    cuts[g] = even_partition(L, chunks)
-                    exact[g] = False
-                slow = slow[:0]
-            for g in slow:
-                t_layer = t_cls[g][:, cls_index]  # (p, L)
-                if v == 1:
-                    out, inn = _p2p_matrices(bnd[g], nb_bw[g], nb_lat[g], p)
-                    res = partition(t_layer, weight=float(m[g] - 1), out_cost=out, in_cost=inn)
-                else:
-                    res = partition(t_layer[np.arange(chunks) % p], weight=float(m[g] * v - 1))
-                cuts[g] = res.boundaries if res.feasible else even_partition(L, chunks)
+            cuts[given, :bases.stages.shape[1]] = bases.stages[given]
+        for vv, rows in by_v:
+            todo = _as_index(rows, G)[~given[rows]]
+            if len(todo):
+                cuts[todo, :p * vv + 1], exact[todo], mixed_lb[todo] = _split_layers(
+                    model, t_cls[todo], per_layout("same_stage")[todo], m[todo], bnd.take(todo), nb_bw[todo],
+                    nb_lat[todo], p, vv, split, ctx.memo)
     cuts = np.asarray(cuts, dtype=np.int64)
 
-    # layer-class counts per stage: (G, p, K)
+    counts = np.empty((G, p, K))  # layer-class counts per stage
+    p2p = np.zeros((G, p))
     onehot_prefix = np.zeros((L + 1, K))
     onehot_prefix[1:] = np.cumsum(np.eye(K)[cls_index], axis=0)
-    chunk_counts = onehot_prefix[cuts[:, 1:]] - onehot_prefix[cuts[:, :-1]]  # (G, chunks, K)
-    counts = chunk_counts.reshape(G, v, p, K).sum(axis=1) if v > 1 else chunk_counts
+    for vv, rows in by_v:
+        c = cuts[rows, :p * vv + 1]
+        at_cuts = take_rows(onehot_prefix, c)  # class counts before each cut (g, chunks + 1, K)
+        chunk_counts = at_cuts[:, 1:] - at_cuts[:, :-1]  # (g, chunks, K)
+        counts[rows] = chunk_counts.reshape(-1, vv, p, K).sum(axis=1) if vv > 1 else chunk_counts
+        p2p[rows] = _p2p_per_micro_batch(bnd.take(rows), c, nb_bw[rows], nb_lat[rows], p, vv)
 
-    fields = (counts[None] * np.ascontiguousarray(np.moveaxis(C, 3, 0))).sum(axis=3)  # (6, G, p)
+    fields = np.moveaxis(_weighted_class_sum(counts, C), 2, 0)  # (6, G, p)
 
     def per_stage(field: int) -> np.ndarray:
         return fields[field]
 
-    if v == 1:
-        gi = np.arange(G)[:, None]
-        out_b = bnd[gi, cuts[:, 1:]]  # bytes leaving stage j at its end
-        in_b = bnd[gi, cuts[:, :-1]]
-        p2p = np.zeros((G, p))
-        p2p[:, :-1] += p2p_s(out_b[:, :-1], nb_bw[:, :-1], nb_lat[:, :-1])
-        p2p[:, 1:] += p2p_s(in_b[:, 1:], nb_bw[:, :-1], nb_lat[:, :-1])
-    else:
-        worst = p2p_s(bnd.max(axis=1)[:, None], nb_bw[:, :-1], nb_lat[:, :-1]).max(axis=1)
-        p2p = np.repeat((2.0 * v * worst)[:, None], p, axis=1)
     compute = per_stage(FWD) + per_stage(BWD) + per_stage(REC)
     tp_mb, ep_mb = per_stage(TPC), per_stage(EPC)
     p2p = p2p + prm.microbatch_overhead_s  # per micro-batch bookkeeping, counted with the stage-to-stage sends
@@ -672,8 +796,8 @@ def build_stage_batch(model: ModelSpec, cluster: Cluster, workload: Training, ct
         dense_cls = np.array([c[0] for c in cp])[kinv]  # (G, K)
         expert_cls = np.array([c[1] for c in cp])[kinv]
         max_layer = np.array([c[2] for c in cp])[kinv]
-    dense_params = (counts * dense_cls[:, None, :]).sum(axis=2)
-    expert_params = (counts * expert_cls[:, None, :]).sum(axis=2)
+    dense_params = _weighted_class_sum(counts, dense_cls[:, None, :, None])[..., 0]
+    expert_params = _weighted_class_sum(counts, expert_cls[:, None, :, None])[..., 0]
     head = model.layers[-1]
     tied_sync = np.zeros(G)
     if head.kind == "head" and head.tied and p > 1:
@@ -687,19 +811,8 @@ def build_stage_batch(model: ModelSpec, cluster: Cluster, workload: Training, ct
         bw = np.array([min(lk.next_bw_gbps, lk.dp_bw_gbps) * prm.collective_efficiency for lk in first])[linv]
         lat = np.array([lk.next_latency_s for lk in first])[linv]
         tied_sync = np.asarray(all_reduce_s(copy * gb, 2, bw, lat), dtype=float)
-    # lower bound of the pipeline time over every split. t_min: each layer class on its fastest stage; stage j
-    # is at least f_j times slower on every class, so the slowest stage needs at least
-    # sum(t_min) / sum_j(1 / f_j) (all stages finishing together), and at least one layer's time
-    n_cls = np.bincount(cls_index, minlength=K)
-    t_min = t_cls.min(axis=1)  # (G, K)
-    lb_sum = (t_min * n_cls).sum(axis=1)
-    present = (n_cls > 0)[None, None, :] & (t_min[:, None, :] > 0)
-    ratio = np.where(present, t_cls / np.where(t_min > 0, t_min, 1.0)[:, None, :], np.inf).min(axis=2)  # (G, p)
-    ratio = np.where(np.isfinite(ratio), np.maximum(ratio, 1.0), 1.0)
-    lb_max = np.maximum(np.where(n_cls > 0, t_min, 0.0).max(axis=1), lb_sum / (1.0 / ratio).sum(axis=1))
-    pipe_lb = (m - 1.0 / v) * lb_max + lb_sum / v
-    if v == 1:
-        pipe_lb = np.maximum(pipe_lb, mixed_lb)
+    pipe_lb = _pipeline_lower_bound(t_cls, cls_index, K, m, v, per_layout("same_stage"))
+    pipe_lb = np.where(v == 1, np.maximum(pipe_lb, mixed_lb), pipe_lb)
     return StageBatch(
         bases=bases, cuts=cuts, m=m, exact=exact,
         pipe_lower_bound_s=pipe_lb,
@@ -710,15 +823,164 @@ def build_stage_batch(model: ModelSpec, cluster: Cluster, workload: Training, ct
         caps=per_layout("caps"))
 
 
+def _weighted_class_sum(counts: np.ndarray, per_class: np.ndarray) -> np.ndarray:
+    """(G, p, F): sum over layer classes k of counts[..., k] * per_class[..., k, :], with counts (G, p, K) and
+    per_class broadcasting to (G, p, K, F); in numpy's order of a sum over the classes (`_sum_last`)."""
+    K = counts.shape[2]
+    if K >= 8:
+        return np.ascontiguousarray(np.moveaxis(counts[..., None] * per_class, 2, -1)).sum(axis=-1)
+    total = counts[:, :, 0, None] * per_class[:, :, 0]
+    for k in range(1, K):
+        total = total + counts[:, :, k, None] * per_class[:, :, k]
+    return total
+
+
+def stage_class_costs(model: ModelSpec, workload: Training, ctx: CostContext, bases: Bases,
+                      dev: np.ndarray | None = None) -> tuple[np.ndarray, "_Primed | None"]:
+    """(G, p, K, 6) layer-class costs on every stage of each strategy (`dev`: (G, p) stage device ids), from the
+    search's primed table where it covers them (returned too), else from `class_cost_table`."""
+    seq = workload.seq_len or model.seq_len
+    dev = _stage_devices(bases) if dev is None else dev
+    primed = ctx.memo.get(("primed", id(model), seq, workload.dtype))
+    if primed is not None and primed.keys is bases.keys and dev.max() < len(primed.lut):
+        ridx = primed.lut[dev, bases.key[:, None]]
+        if not (ridx < 0).any():
+            return take_rows(primed.table, ridx), primed
+    ridx, requests = _requests(bases, dev, ctx)
+    return take_rows(class_cost_table(model, ctx, workload, requests), ridx), None
+
+
+def _rows_by_value(v: np.ndarray) -> list[tuple[int, slice | np.ndarray]]:
+    """(value, rows holding it) for each distinct value of `v`; rows as a slice when all share one."""
+    first = int(v[0])
+    if (v == first).all():
+        return [(first, slice(None))]
+    return [(int(x), np.flatnonzero(v == x)) for x in np.unique(v)]
+
+
+def _as_index(rows: slice | np.ndarray, n: int) -> np.ndarray:
+    return np.arange(n) if isinstance(rows, slice) else rows
+
+
+def _split_layers(model: ModelSpec, t_cls: np.ndarray, same_stage: np.ndarray, m: np.ndarray, bnd: _Boundary,
+                  nb_bw: np.ndarray, nb_lat: np.ndarray, p: int, v: int, split: str, memo: dict | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cut points (G, p*v + 1) of G groups sharing v, whether each is the optimal split, and the lower bound of
+    the pipeline objective the mixed closed form gives (0 where it did not run). See `build_stage_batch`."""
+    G = len(m)
+    L = len(model.layers)
+    _, cls_index = model.layer_classes
+    cls_index = np.asarray(cls_index)
+    chunks = p * v
+    cuts = np.zeros((G, chunks + 1), dtype=np.int64)
+    exact = np.ones(G, dtype=bool)
+    mixed_lb = np.zeros(G)
+    todo = np.arange(G)
+    fast = todo if model.is_uniform else np.array([], dtype=np.int64)
+    if len(fast):  # uniform model: closed forms, and every cut sends the same bytes
+        T3 = np.take(take_rows(t_cls, fast), [cls_index[0], cls_index[1], cls_index[-1]], axis=2)
+        same = same_stage[fast]
+        if v == 1:
+            first_cut = bnd.take(fast).at(np.array([1]))  # every cut sends what a block's input holds
+            out = np.where(np.arange(p) < p - 1, p2p_s(first_cut, nb_bw[fast], nb_lat[fast]), 0.0)
+            inn = np.zeros_like(out)
+            inn[:, 1:] = p2p_s(first_cut, nb_bw[fast, :-1], nb_lat[fast, :-1])
+            extra = out + inn
+        else:
+            T3 = np.tile(T3, (1, v, 1))  # chunk c runs on stage c % p
+            extra = np.zeros((len(fast), chunks))
+        if same.any():
+            cuts[fast[same]] = _uniform_cuts_memo(T3[same], extra[same], L - 2, memo)
+        if (~same).any():
+            mixed = fast[~same]
+            weight = (m[mixed] * v - 1).astype(float)
+            cuts[mixed], ok, lower = _uniform_cuts_mixed(T3[~same], extra[~same], L - 2, weight,
+                                                         bottleneck_only=split == "even")
+            exact[mixed] = ok
+            mixed_lb[mixed] = lower
+    slow = todo[:0] if model.is_uniform else todo
+    if split == "even":
+        for g in slow:
+            cuts[g] = even_partition(L, chunks)
+            exact[g] = False
+        slow = slow[:0]
+    for g in slow:
+        t_layer = t_cls[g][:, cls_index]  # (p, L)
+        if v == 1:
+            out, inn = _p2p_matrices(bnd.row(g), nb_bw[g], nb_lat[g], p)
+            res = partition(t_layer, weight=float(m[g] - 1), out_cost=out, in_cost=inn)
+        else:
+            res = partition(t_layer[np.arange(chunks) % p], weight=float(m[g] * v - 1))
+        cuts[g] = res.boundaries if res.feasible else even_partition(L, chunks)
+    return cuts, exact, mixed_lb
+
+
+def _p2p_per_micro_batch(bnd: _Boundary, cuts: np.ndarray, nb_bw: np.ndarray, nb_lat: np.ndarray, p: int,
+                         v: int) -> np.ndarray:
+    """(G, p) stage-to-stage send time per micro-batch for G groups sharing v, from their cut points."""
+    G = len(bnd.scale)
+    if v > 1:  # every chunk boundary sends; bound by the largest activation
+        worst = p2p_s(bnd.largest()[:, None], nb_bw[:, :-1], nb_lat[:, :-1]).max(axis=1)
+        return np.repeat((2.0 * v * worst)[:, None], p, axis=1)
+    out_b = bnd.at(cuts[:, 1:])  # bytes leaving stage j at its end
+    in_b = bnd.at(cuts[:, :-1])
+    p2p = np.zeros((G, p))
+    p2p[:, :-1] += p2p_s(out_b[:, :-1], nb_bw[:, :-1], nb_lat[:, :-1])
+    p2p[:, 1:] += p2p_s(in_b[:, 1:], nb_bw[:, :-1], nb_lat[:, :-1])
+    return p2p
+
+
+def _pipeline_lower_bound(t_cls: np.ndarray, cls_index: np.ndarray, K: int, m: np.ndarray, v: np.ndarray,
+                          same_stage: np.ndarray) -> np.ndarray:
+    """(G,) lower bound of the pipeline time over every split. t_min: each layer class on its fastest stage;
+    stage j is at least f_j times slower on every class, so the slowest stage needs at least
+    sum(t_min) / sum_j(1 / f_j) (all stages finishing together), and at least one layer's time. Where every
+    stage runs on the same devices (`same_stage`), f_j = 1."""
+    n_cls = np.bincount(cls_index, minlength=K).astype(float)
+    m, v = m.astype(float), v.astype(float)
+    mixed = np.flatnonzero(~same_stage)
+    t_min = t_cls[:, 0, :].copy()  # (G, K)
+    spread = np.full(len(t_cls), float(t_cls.shape[1]))  # sum_j 1 / f_j
+    if len(mixed):
+        t_mixed = t_cls[mixed]
+        t_min[mixed] = t_mixed.min(axis=1)
+        tm = t_min[mixed]
+        present = (n_cls > 0)[None, None, :] & (tm[:, None, :] > 0)
+        ratio = _min_last(np.where(present, t_mixed / np.where(tm > 0, tm, 1.0)[:, None, :], np.inf))  # (g, p)
+        ratio = np.where(np.isfinite(ratio), np.maximum(ratio, 1.0), 1.0)
+        spread[mixed] = (1.0 / ratio).sum(axis=1)
+    lb_sum = _sum_last(t_min * n_cls)
+    lb_max = np.maximum(_max_last(np.where(n_cls > 0, t_min, 0.0)), lb_sum / spread)
+    return (m - 1.0 / v) * lb_max + lb_sum / v
+
+
+# Reductions over a short last axis (layer classes): numpy reduces such an axis slowly, so these combine its
+# slices instead, in numpy's own order (left to right below 8 terms; numpy's pairwise sum from 8 on).
+def _sum_last(x: np.ndarray) -> np.ndarray:
+    if x.shape[-1] >= 8:
+        return x.sum(axis=-1)
+    total = x[..., 0].copy()
+    for k in range(1, x.shape[-1]):
+        total = total + x[..., k]
+    return total
+
+
+def _min_last(x: np.ndarray) -> np.ndarray:
+    return np.minimum.reduce(list(np.moveaxis(x, -1, 0))) if x.shape[-1] < 8 else x.min(axis=-1)
+
+
+def _max_last(x: np.ndarray) -> np.ndarray:
+    return np.maximum.reduce(list(np.moveaxis(x, -1, 0))) if x.shape[-1] < 8 else x.max(axis=-1)
+
+
 def _p2p_matrices(bnd: np.ndarray, nb_bw: np.ndarray, nb_lat: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray]:
     """(p, L + 1) cost of the forward send at a stage's end cut and the backward send at its start cut."""
     out = np.zeros((p, len(bnd)))
     inn = np.zeros((p, len(bnd)))
-    for j in range(p):
-        if j < p - 1:
-            out[j] = p2p_s(bnd, nb_bw[j], nb_lat[j])
-        if j > 0:
-            inn[j] = p2p_s(bnd, nb_bw[j - 1], nb_lat[j - 1])
+    if p > 1:
+        sends = p2p_s(bnd[None, :], nb_bw[:p - 1, None], nb_lat[:p - 1, None])  # over the link after stage j
+        out[:-1] = sends
+        inn[1:] = sends
     return out, inn
 
 
@@ -729,33 +991,43 @@ def memory_aware_cuts(model: ModelSpec, cluster: Cluster, workload: Training, ct
     if s.virtual_stages > 1 or s.pp == 1:
         return None
     info = layout_info(cluster, s, workload, ctx)
-    m = workload.global_batch // s.dp // s.micro_batch
-    p, L = s.pp, len(model.layers)
-    classes, cls_index = model.layer_classes
+    C = class_cost_table(model, ctx, workload, [(lk, s) for lk in info.links])  # (p, K, 6)
+    return memory_aware_split(model, workload, ctx, info, C, s, s.dp, s.zero, s.schedule, usable)
+
+
+def memory_aware_split(model: ModelSpec, workload: Training, ctx: CostContext, info: LayoutInfo, C: np.ndarray,
+                       key: CostKey | Strategy, dp: int, zero: int, schedule: str, usable: float = 1.0
+                       ) -> tuple[int, ...] | None:
+    """`memory_aware_cuts` for one strategy given as its mesh layout, cost key (a `Strategy` will do), data
+    parallelism, ZeRO stage and schedule, with its stages' layer-class costs C (p, K, 6)."""
+    m = workload.global_batch // dp // key.micro_batch
+    p = len(info.links)
+    _, cls_index = model.layer_classes
     cls_index = np.asarray(cls_index)
-    links = info.links
-    reqs = [(links[j], s) for j in range(p)]
-    C = class_cost_table(model, ctx, workload, reqs)  # (p, K, 6)
     t_layer = (C[..., FWD] + C[..., BWD] + C[..., REC] + C[..., TPC] + C[..., EPC])[:, cls_index]
     act_layer = C[..., ACT][:, cls_index]
     seq = workload.seq_len or model.seq_len
-    dense_cls, expert_cls, max_layer = _class_params_cached(model, s, seq, ctx)
+    dense_cls, expert_cls, max_layer = _class_params_cached(model, key, seq, ctx)
     sb = static_bytes(workload)
-    zero = np.array([s.zero])
-    wd, gd, od = (float(x[0]) for x in _zero_div(zero, np.array([s.dp])))
-    we, ge, oe = (float(x[0]) for x in _zero_div(zero, np.array([expert_ways(s)])))
+    zeros = np.array([zero])
+    ways = max(dp // key.ep, 1) if key.ep_mode == "dp" else dp  # expert replication (see `expert_ways`)
+    # ZeRO-z shards weights (z >= 3), gradients (z >= 2) and optimizer state (z >= 1) over the replicas
+    wd, gd, od = (float(dp) if zero >= least else 1.0 for least in (3, 2, 1))
+    we, ge, oe = (float(ways) if zero >= least else 1.0 for least in (3, 2, 1))
     static = dense_cls[cls_index] * (sb.weights / wd + sb.gradients / gd + sb.optimizer / od) + \
         expert_cls[cls_index] * (sb.weights / we + sb.gradients / ge + sb.optimizer / oe)
-    flight = in_flight(np.array([SCHEDULE_CODES[s.schedule]]), p, np.array([m]), np.array([1]))[0, 0]
+    flight = in_flight(np.array([SCHEDULE_CODES[schedule]]), p, np.array([m]), np.array([1]))[0, 0]
     layer_mem = static[None, :] + flight[:, None] * act_layer
     head = model.layers[-1]
     if head.kind == "head" and head.tied:
-        layer_mem[1:, -1] += head.vocab * head.hidden / s.tp * (sb.weights / wd + sb.gradients / gd + sb.optimizer / od)
-    reserved = float(_reserved(ctx.params.memory_reserved_bytes, zero, np.array([max_layer]), sb)[0, 0])
+        tied_copy = head.vocab * head.hidden / key.tp
+        layer_mem[1:, -1] += tied_copy * (sb.weights / wd + sb.gradients / gd + sb.optimizer / od)
+    reserved = float(_reserved(ctx.params.memory_reserved_bytes, zeros, np.array([max_layer]), sb)[0, 0])
     caps = info.caps * usable
     if not split_fits(layer_mem, caps - reserved):
         return None
-    out, inn = _p2p_matrices(_boundary_bytes(model, workload, np.array([s.micro_batch]), np.array([s.tp]))[0], info.nb_bw, info.nb_lat, p)
+    bnd = _boundary_bytes(model, workload, np.array([key.micro_batch]), np.array([key.tp]))[0]
+    out, inn = _p2p_matrices(bnd, info.nb_bw, info.nb_lat, p)
     res = partition(t_layer, weight=float(m - 1), out_cost=out, in_cost=inn, layer_mem=layer_mem,
                     mem_fixed=np.full(p, reserved), mem_cap=caps)
     return res.boundaries if res.feasible else None
@@ -771,24 +1043,69 @@ def _reserved(base: float, zero: np.ndarray, max_layer_params: np.ndarray, sb: S
 
 @dataclass(frozen=True)
 class Assembled:
-    """Prices of V variants (ZeRO stage, schedule) over each of G splits: (G, V) or (G, V, p)."""
+    """Prices of V variants (ZeRO stage, schedule) over each of G splits: (G, V) or (G, V, p).
+
+    Model state and data-parallel sync depend only on the ZeRO stage, activations only on the schedule: they
+    are kept once per distinct ZeRO stage (`zero_of`: the index of each variant's) and per distinct schedule
+    (`schedule_of`), and spread over the V variants only where asked (`stage_mem_at`, `memory`). Weights,
+    gradients and optimizer state are kept unsharded and sharded (`state_cases`, (G, 2, p)); `zero` (G, Z)
+    says which each ZeRO stage uses."""
 
     time_s: np.ndarray
     pipeline_s: np.ndarray
     bubble_s: np.ndarray
-    dp_total_s: np.ndarray
     dp_exposed_s: np.ndarray
     optimizer_s: np.ndarray
-    memory: dict
-    stage_mem: np.ndarray
     slow: np.ndarray  # (G,) index of the slowest stage
+    zero: np.ndarray  # (G, Z) the distinct ZeRO stages
+    state_cases: dict  # weights, gradients, optimizer: (G, 2, p) bytes unsharded, sharded
+    reserved_by_zero: np.ndarray  # (G, Z, 1) bytes
+    static_by_zero: np.ndarray  # (G, Z, p) weights + gradients + optimizer
+    dp_cases: np.ndarray  # (G, 3, p) data-parallel sync time of each pattern (see `assemble`)
+    sync: np.ndarray  # (Z,) or (G, Z) the pattern of each ZeRO stage
+    activations_by_schedule: np.ndarray  # (G, S, p) bytes
+    flight_by_schedule: np.ndarray  # (G, S, p) micro-batches in flight (`in_flight`)
+    zero_of: np.ndarray  # (V,)
+    schedule_of: np.ndarray  # (V,)
+
+    def stage_mem_at(self, g: np.ndarray, var: np.ndarray) -> np.ndarray:
+        """(n, p) bytes on each stage of group g[i] under variant var[i]."""
+        z, s = self.zero_of[var], self.schedule_of[var]
+        return (take_pairs(self.static_by_zero, g, z) + take_pairs(self.activations_by_schedule, g, s)
+                + take_pairs(self.reserved_by_zero, g, z))
+
+    @cached_property
+    def stage_mem(self) -> np.ndarray:
+        """(G, V, p) bytes on each stage."""
+        zi, si = self.zero_of, self.schedule_of
+        return self.static_by_zero[:, zi] + self.activations_by_schedule[:, si] + self.reserved_by_zero[:, zi]
+
+    @cached_property
+    def memory(self) -> dict:
+        """Each memory term, (G, V, p) bytes."""
+        zi, si = self.zero_of, self.schedule_of
+        shape = self.stage_mem.shape
+        terms = {name: _pick(self.state_cases[name], (self.zero >= least).astype(np.int64))[:, zi]
+                 for name, least in _SHARDED_FROM.items()}
+        return {**terms, "activations": self.activations_by_schedule[:, si], "kv_cache": np.zeros(shape),
+                "reserved": np.broadcast_to(self.reserved_by_zero[:, zi], shape)}
+
+    @cached_property
+    def dp_total_s(self) -> np.ndarray:
+        """(G, V, p) data-parallel sync time of each stage, before overlap."""
+        return _pick(self.dp_cases, self.sync)[:, self.zero_of]
+
+
+# ZeRO stage from which each kind of model state is sharded over the data-parallel group
+_SHARDED_FROM = {"weights": 3, "gradients": 2, "optimizer": 1}
 
 
 def assemble(batch: StageBatch, workload: Training, ctx: CostContext, zero: np.ndarray, schedule: np.ndarray
              ) -> Assembled:
     """Price V (ZeRO stage, schedule) variants per group: `zero` and `schedule` are (V,) shared by all groups,
     or (G, V) for per-group variants. Model state and data-parallel sync depend only on the ZeRO stage and
-    activations only on the schedule, so shared variants are computed once per distinct value of each."""
+    activations only on the schedule, so shared variants are computed once per distinct value of each; and
+    each of them takes one of a few values (sharded or not, one sync pattern of three), worked out once."""
     prm = ctx.params
     G, p = batch.stage_t.shape
     zero, schedule = np.asarray(zero), np.asarray(schedule)
@@ -796,87 +1113,107 @@ def assemble(batch: StageBatch, workload: Training, ctx: CostContext, zero: np.n
         zu, zi = np.unique(zero, return_inverse=True)
         su, si = np.unique(schedule, return_inverse=True)
         zero, schedule = np.broadcast_to(zu, (G, len(zu))), su
+        by_zero = zu  # the same for every group
     else:
         zero = np.broadcast_to(zero, (G, zero.shape[-1])) if zero.ndim == 1 else zero
         schedule = np.broadcast_to(schedule, (G, schedule.shape[-1])) if schedule.ndim == 1 else schedule
         zi = si = np.arange(zero.shape[1])
+        by_zero = zero
     V = len(zi)
     sb = static_bytes(workload)
     dp = batch.bases.dp.astype(float)
-    ew = batch.bases.expert_ways.astype(float)
-    z = zero[:, :, None]  # (G, Z, 1)
-    wd, gd, od = _zero_div(z, dp[:, None, None])
-    we, ge, oe = _zero_div(z, ew[:, None, None])
     dense = batch.dense_params[:, None, :]
     expert = batch.expert_params[:, None, :]
-    flight = in_flight(schedule, p, batch.m, np.full(G, batch.v))  # (G, S, p)
+    flight = in_flight(schedule, p, batch.m, batch.v)  # (G, S, p)
     reserved = _reserved(prm.memory_reserved_bytes, zero, batch.max_layer_params, sb)[:, :, None]
-    if batch.expert_params.any():
-        weights = dense * sb.weights / wd + expert * sb.weights / we
-        gradients = dense * sb.gradients / gd + expert * sb.gradients / ge
-        optimizer = dense * sb.optimizer / od + expert * sb.optimizer / oe
-        opt_params = dense / od + expert / oe
+    has_experts = bool(batch.expert_params.any())
+    shards = np.stack([np.ones(G), dp], axis=1)[:, :, None]  # (G, 2, 1): unsharded, sharded
+    if has_experts:
+        ew = batch.bases.expert_ways.astype(float)
+        expert_shards = np.stack([np.ones(G), ew], axis=1)[:, :, None]
+        state = {"weights": dense * sb.weights / shards + expert * sb.weights / expert_shards,
+                 "gradients": dense * sb.gradients / shards + expert * sb.gradients / expert_shards,
+                 "optimizer": dense * sb.optimizer / shards + expert * sb.optimizer / expert_shards}
+        opt_params = dense / shards + expert / expert_shards
     else:  # no experts: the expert terms add exact zeros
-        weights = dense * sb.weights / wd
-        gradients = dense * sb.gradients / gd
-        optimizer = dense * sb.optimizer / od
-        opt_params = dense / od
+        state = {"weights": dense * sb.weights / shards, "gradients": dense * sb.gradients / shards,
+                 "optimizer": dense * sb.optimizer / shards}
+        opt_params = dense / shards
+    sharded = {name: (by_zero >= least).astype(np.int64) for name, least in _SHARDED_FROM.items()}
+    static = (_pick(state["weights"], sharded["weights"]) + _pick(state["gradients"], sharded["gradients"])
+              + _pick(state["optimizer"], sharded["optimizer"]))
     activations = batch.act_mb[:, None, :] * flight
-    static = weights + gradients + optimizer
-    memory = {
-        "weights": weights[:, zi], "gradients": gradients[:, zi], "optimizer": optimizer[:, zi],
-        "activations": activations[:, si], "kv_cache": np.zeros((G, V, p)),
-        "reserved": np.broadcast_to(reserved[:, zi], (G, V, p)),
-    }
-    stage_mem = static[:, zi] + activations[:, si] + reserved[:, zi]
 
+    # data-parallel sync: all-reduce (ZeRO-0), reduce-scatter + all-gather (1, 2), per micro-batch (3)
     gb = _WEIGHT_BYTES[workload.grad_dtype or workload.dtype]
     bw, lat = batch.dp_bw[:, None, :], batch.dp_lat[:, None, :]
     m = batch.m[:, None, None].astype(float)
-    dp_time = np.zeros((G, zero.shape[1], p))
-    for count, ways in ((dense, dp[:, None, None]), (expert, ew[:, None, None])):
+    kinds = ((dense, dp[:, None, None]), (expert, ew[:, None, None])) if has_experts else ((dense, dp[:, None, None]),)
+    dp_cases = 0.0
+    for count, ways in kinds:  # without experts their term adds exact zeros
         ar = all_reduce_s(count * gb, ways, bw, lat)
         rs = reduce_scatter_s(count * gb, ways, bw, lat)
         ag = all_gather_s(count * sb.weights, ways, bw, lat)
-        term = np.where(z == 0, ar, np.where(z <= 2, rs + ag, m * (2 * ag + rs)))
-        dp_time = dp_time + np.where(count > 0, term, 0.0)  # no parameters of a kind: no collective, no latency
-    window = prm.dp_overlap * np.where(z >= 3, m * batch.compute_mb[:, None, :], batch.bwd_mb[:, None, :])
-    exposed = np.maximum(dp_time - window, 0.0).max(axis=2)[:, zi]
-    opt_time = opt_params * prm.optimizer_bytes_per_param / (batch.mem_gbps[:, None, :] * 1e9)
+        cases = np.concatenate([ar, rs + ag, m * (2 * ag + rs)], axis=1)  # (G, 3, p)
+        dp_cases = dp_cases + np.where(count > 0, cases, 0.0)  # no parameters of a kind: no collective, no latency
+    sync = np.where(by_zero == 0, 0, np.where(by_zero <= 2, 1, 2))  # which sync pattern each ZeRO stage uses
+    windows = prm.dp_overlap * np.concatenate([batch.bwd_mb[:, None, :], m * batch.compute_mb[:, None, :]], axis=1)
+    # exposed sync of each pattern; ZeRO-3 (pattern 2) overlaps with the whole pipeline, the others with backward
+    exposed_cases = np.maximum(dp_cases - windows[:, [0, 0, 1]], 0.0).max(axis=2)  # (G, 3)
+    exposed = np.take(_pick(exposed_cases[:, :, None], sync)[:, :, 0], zi, axis=1)
+    opt_time = opt_params * prm.optimizer_bytes_per_param / (batch.mem_gbps[:, None, :] * 1e9)  # (G, 2, p)
+    opt_cases = opt_time.max(axis=2) + batch.tied_sync_s[:, None]
+    opt_total = np.take(_pick(opt_cases[:, :, None], sharded["optimizer"])[:, :, 0], zi, axis=1)
     slow = np.argmax(batch.stage_t, axis=1)
     t_max = batch.stage_t.max(axis=1)
     bubble = (batch.stage_t.sum(axis=1) - t_max) / batch.v
     pipe = batch.m * t_max + bubble
-    opt_total = (opt_time.max(axis=2) + batch.tied_sync_s[:, None])[:, zi]
     step = pipe[:, None] + exposed + opt_total + prm.step_overhead_s
     return Assembled(time_s=step, pipeline_s=np.broadcast_to(pipe[:, None], (G, V)),
-                     bubble_s=np.broadcast_to(bubble[:, None], (G, V)), dp_total_s=dp_time[:, zi],
-                     dp_exposed_s=exposed, optimizer_s=opt_total, memory=memory, stage_mem=stage_mem,
-                     slow=slow)
+                     bubble_s=np.broadcast_to(bubble[:, None], (G, V)), dp_exposed_s=exposed,
+                     optimizer_s=opt_total, slow=slow, zero=zero, state_cases=state, reserved_by_zero=reserved,
+                     static_by_zero=static, dp_cases=dp_cases, sync=sync,
+                     activations_by_schedule=activations, flight_by_schedule=flight, zero_of=zi, schedule_of=si)
 
 
 def breakdown_arrays(batch: StageBatch, a: Assembled) -> dict[str, np.ndarray]:
     """The additive time terms, (G, V): they sum to `a.time_s`."""
-    gi = np.arange(batch.G)
+    G, V = a.time_s.shape
+    return breakdown_at(batch, a, np.repeat(np.arange(G), V), np.tile(np.arange(V), G), shape=(G, V))
+
+
+def breakdown_at(batch: StageBatch, a: Assembled, g: np.ndarray, var: np.ndarray,
+                 shape: tuple[int, ...] | None = None) -> dict[str, np.ndarray]:
+    """The additive time terms of group g[i] under variant var[i], (n,) (or `shape`): they sum to its time."""
     m = batch.m.astype(float)
-    slow = a.slow
-    V = a.time_s.shape[1]
+    at_slowest = np.arange(batch.G) * batch.pp + a.slow  # flat index of each group's slowest stage
 
-    def rep(x: np.ndarray) -> np.ndarray:
-        return np.repeat((m * x[gi, slow])[:, None], V, axis=1)
+    def per_group(x: np.ndarray) -> np.ndarray:  # per micro-batch on the slowest stage, times micro-batches
+        return (m * np.take(x, at_slowest))[g]
 
-    return {
-        "compute_s": rep(batch.compute_mb), "tp_comm_s": rep(batch.tp_mb), "ep_comm_s": rep(batch.ep_mb),
-        "pp_comm_s": rep(batch.p2p_mb), "bubble_s": np.asarray(a.bubble_s), "dp_comm_exposed_s": a.dp_exposed_s,
-        "optimizer_s": a.optimizer_s,
-        "overhead_s": a.time_s - a.pipeline_s - a.dp_exposed_s - a.optimizer_s,
+    time_s = take_pairs(a.time_s, g, var)
+    pipeline = a.pipeline_s[:, 0][g]
+    exposed = take_pairs(a.dp_exposed_s, g, var)
+    optimizer = take_pairs(a.optimizer_s, g, var)
+    out = {
+        "compute_s": per_group(batch.compute_mb), "tp_comm_s": per_group(batch.tp_mb),
+        "ep_comm_s": per_group(batch.ep_mb), "pp_comm_s": per_group(batch.p2p_mb),
+        "bubble_s": a.bubble_s[:, 0][g], "dp_comm_exposed_s": exposed, "optimizer_s": optimizer,
+        "overhead_s": time_s - pipeline - exposed - optimizer,
     }
+    return out if shape is None else {k: v.reshape(shape) for k, v in out.items()}
 
 
 def model_flops_per_step(model: ModelSpec, workload: Training) -> float:
     seq = workload.seq_len or model.seq_len
-    return 3.0 * workload.global_batch * sum(model_flops_per_token(lay, seq) * token_count(lay, seq)
-                                             for lay in model.layers)
+    per_class = [model_flops_per_token(lay, seq) * token_count(lay, seq) for lay in model.layer_classes[0]]
+    return 3.0 * workload.global_batch * sum(_per_layer(model, per_class))
+
+
+def _per_layer(model: ModelSpec, per_class: list[float]) -> list[float]:
+    """A value per layer class spread over the model's layers, in order (summing it adds layer by layer, as a
+    loop over the layers would)."""
+    return [per_class[k] for k in model.layer_classes[1]]
 
 
 def recompute_flops_per_sample(model: ModelSpec, recompute: str, seq: int) -> float:
@@ -884,27 +1221,34 @@ def recompute_flops_per_sample(model: ModelSpec, recompute: str, seq: int) -> fl
     the attention core)."""
     if recompute == "none":
         return 0.0
-    total = 0.0
-    for lay in model.layers:
-        if lay.kind != "transformer":
-            continue
+    per_class = []
+    for lay in model.layer_classes[0]:
         tokens = token_count(lay, seq)
         span = lay.attention_span or tokens
-        if recompute == "full":
-            total += model_flops_per_token(lay, seq) * tokens
+        if lay.kind != "transformer":
+            per_class.append(None)
+        elif recompute == "full":
+            per_class.append(model_flops_per_token(lay, seq) * tokens)
         else:
-            total += attention_flops_per_token(lay, span) * tokens
+            per_class.append(attention_flops_per_token(lay, span) * tokens)
+    total = 0.0
+    for x in _per_layer(model, per_class):
+        if x is not None:
+            total += x
     return total
 
 
 def peak_flops(cluster: Cluster, dtype: str) -> float:
-    total = 0.0
-    for g in cluster.gpus:
+    """Sum of every GPU's peak rate for `dtype` (FLOP/s), GPU by GPU; GPUs without one count nothing."""
+    gpus = cluster.gpus
+    rates: dict[int, float | None] = {}  # by GPU spec; clusters repeat a few specs many times
+    for g in {id(g): g for g in gpus}.values():
         try:
-            total += g.peak_tflops(dtype) * 1e12
+            rates[id(g)] = g.peak_tflops(dtype) * 1e12
         except Exception:
-            pass
-    return total
+            rates[id(g)] = None
+    per_gpu = [rates[id(g)] for g in gpus]
+    return functools.reduce(operator.add, (r for r in per_gpu if r is not None), 0.0)
 
 
 def price_training(model: ModelSpec, cluster: Cluster, workload: Training, ctx: CostContext,
@@ -1002,7 +1346,7 @@ def to_estimate(model: ModelSpec, cluster: Cluster, workload: Training, batch: S
     model_flops = model_flops_per_step(model, workload)
     peak = peak_flops(cluster, workload.dtype)
     rec_flops = workload.global_batch * recompute_flops_per_sample(model, s.recompute, seq)
-    cuts = tuple(int(c) for c in batch.cuts[g])
+    cuts = batch.cuts_of(g)
     links = batch.links_of(g)
     notes = []
     if links[slow].num_gpu_types > 1:

@@ -2,13 +2,16 @@
 
 Training: for each mesh layout and each (micro-batch, recompute, sequence
 parallel, virtual stages) choice, the cost model fixes per-layer costs and the
-time-optimal split of layers into stages once (`build_stage_plan`), then prices
-every ZeRO stage and schedule over it with numpy (`assemble`). The time-optimal
-split is exact whenever it fits memory; candidates that do not fit but could
-beat the best are re-priced with the memory-aware split (AMP's DP with memory
-limits), in order of their time, until none can win. The best is finally priced
-again by `costmodel.estimate`, so the plan carries the same numbers the cost
-model gives for that strategy alone.
+time-optimal split of layers into stages once (`build_stage_batch`), then prices
+every ZeRO stage and schedule over it with numpy (`assemble`). The layer-class
+costs of the whole search are priced once up front (`prime_class_costs`), and
+all strategies of one pipeline depth go through one batch, whatever their
+virtual stages. The time-optimal split is exact whenever it fits memory;
+candidates that do not fit but could beat the best are re-priced with the
+memory-aware split (AMP's DP with memory limits), in order of their time, until
+none can win. The best is finally priced again alone (`estimate_training`, what
+`costmodel.estimate` runs), so the plan carries the same numbers the cost model
+gives for that strategy alone.
 
 Inference: every (GPU count, layout, micro-batch) is priced by `estimate`.
 """
@@ -28,9 +31,10 @@ from costmodel.pricing import ADDITIVE_TERMS, CostContext, Estimate, estimate
 from costmodel.model import ModelSpec
 from costmodel.params import CostParams
 from costmodel.strategy import Strategy
-from costmodel.training import (SCHEDULE_CODES, Bases, CostKey, layout_info, all_splits, assemble,
-                                breakdown_arrays, build_stage_batch, in_flight, memory_aware_cuts,
-                                model_flops_per_step, peak_flops, prime_class_costs)
+from costmodel.training import (SCHEDULE_CODES, Bases, CostKey, LayoutInfo, all_splits, assemble, breakdown_arrays,
+                                breakdown_at, build_stage_batch, estimate_training, layout_info, memory_aware_split,
+                                model_flops_per_step, peak_flops, prime_class_costs, stage_class_costs, take_pairs,
+                                take_rows)
 from costmodel.workload import Inference, Training
 from hardware_profiles.topology import Cluster
 
@@ -40,6 +44,8 @@ from .space import SearchSpace, layouts, micro_batches
 
 TRAINING_OBJECTIVES = ("throughput", "cost")
 INFERENCE_OBJECTIVES = ("latency", "ttft", "tpot", "throughput", "cost")
+# columns of training candidates kept for the search's own use: bucket, index in it, mesh layout, cost key
+_INTERNAL_COLUMNS = ("_bid", "_g", "_layout", "_cost_key")
 
 
 @dataclass(frozen=True)
@@ -103,17 +109,18 @@ def _est_columns(e: Estimate) -> dict[str, Any]:
 def _training_groups(model: ModelSpec, cluster: Cluster, workload: Training, space: SearchSpace, ctx: CostContext
                      ) -> tuple[dict[tuple[int, int], Bases], list[str]]:
     """Base strategies (ZeRO stage and schedule left open) as columns, bucketed by (pp, virtual stages), and the
-    placement text of each layout."""
-    rows: dict[tuple[int, int], list[tuple[int, int, int]]] = {}  # (layout, dp, cost key) per base
+    placement text of each layout. Within a bucket: by layout, then micro-batch, recompute, sequence parallel."""
+    rows: dict[tuple[int, int], list[np.ndarray]] = {}  # (layout, dp, cost key) per base, a block per layout
     entries = len(model.layers)
     seen: set = set()
     infos: list = []
     placements: list[str] = []
     keys: list[CostKey] = []
-    key_at: dict[CostKey, int] = {}
+    first_key: dict[tuple, int] = {}  # (tp, ep, ep_mode, micro-batch) -> its first cost key; the rest follow
+    homogeneous = cluster.is_homogeneous
     for lay in layouts(model, cluster, workload, space):
         mesh = Strategy(tp=lay.tp, pp=lay.pp, dp=lay.dp, ep=lay.ep, ep_mode=lay.ep_mode, placement=lay.placement)
-        if lay.placement is not None or not cluster.is_homogeneous:
+        if lay.placement is not None or not homogeneous:
             # node orders that put the same devices and links under every stage price the same: keep one
             sig = (lay.tp, lay.pp, lay.dp, lay.ep, lay.ep_mode, resolve_layout(cluster, mesh, workload.dtype))
             if sig in seen:
@@ -123,43 +130,72 @@ def _training_groups(model: ModelSpec, cluster: Cluster, workload: Training, spa
         infos.append(layout_info(cluster, mesh, workload, ctx))
         placements.append("" if lay.placement is None else ",".join(map(str, lay.placement)))
         per_replica = workload.global_batch // lay.dp
-        for mb in micro_batches(per_replica, space):
-            m = per_replica // mb
-            vs = [1]
-            if lay.pp > 1 and "interleaved" in space.schedules and m % lay.pp == 0:
-                vs += [v for v in space.virtual_stages if lay.pp * v <= entries]
-            for rec in space.recompute:
-                for sp in (space.sequence_parallel if lay.tp > 1 else (False,)):
-                    ck = CostKey(lay.tp, lay.ep, lay.ep_mode, sp, rec, mb)
-                    ki = key_at.get(ck)
-                    if ki is None:
-                        ki = key_at[ck] = len(keys)
-                        keys.append(ck)
-                    for v in vs:
-                        rows.setdefault((lay.pp, v), []).append((li, lay.dp, ki))
+        mbs = micro_batches(per_replica, space)
+        sps = space.sequence_parallel if lay.tp > 1 else (False,)
+        variants = [(sp, rec) for rec in space.recompute for sp in sps]
+        if not mbs or not variants:
+            continue
+        starts = []
+        for mb in mbs:
+            k0 = first_key.get((lay.tp, lay.ep, lay.ep_mode, mb))
+            if k0 is None:
+                k0 = first_key[(lay.tp, lay.ep, lay.ep_mode, mb)] = len(keys)
+                keys.extend(CostKey(lay.tp, lay.ep, lay.ep_mode, sp, rec, mb) for sp, rec in variants)
+            starts.append(k0)
+        key = np.array(starts)[:, None] + np.arange(len(variants))  # (micro-batches, variants)
+        _add_rows(rows, (lay.pp, 1), li, lay.dp, key)
+        if lay.pp > 1 and "interleaved" in space.schedules:
+            interleavable = (per_replica // np.array(mbs)) % lay.pp == 0  # micro-batches a multiple of pp
+            if interleavable.any():
+                for v in space.virtual_stages:
+                    if v > 1 and lay.pp * v <= entries:
+                        _add_rows(rows, (lay.pp, v), li, lay.dp, key[interleavable])
     all_infos, all_keys = tuple(infos), tuple(keys)
     out = {}
-    for (pp, v), r in rows.items():
-        a = np.array(r, dtype=np.int64)
-        out[(pp, v)] = Bases(pp=pp, v=v, dp=a[:, 1], layout=a[:, 0], infos=all_infos, key=a[:, 2], keys=all_keys)
+    for (pp, v), blocks in rows.items():
+        a = np.concatenate(blocks)
+        out[(pp, v)] = Bases(pp=pp, v=np.full(len(a), v), dp=a[:, 1], layout=a[:, 0], infos=all_infos, key=a[:, 2],
+                             keys=all_keys)
     return out, placements
 
 
+def _add_rows(rows: dict[tuple[int, int], list[np.ndarray]], bucket: tuple[int, int], layout: int, dp: int,
+              key: np.ndarray) -> None:
+    """Append base strategies (layout, dp, each cost key in `key`) to a bucket."""
+    block = np.empty((key.size, 3), dtype=np.int64)
+    block[:, 0] = layout
+    block[:, 1] = dp
+    block[:, 2] = key.ravel()
+    rows.setdefault(bucket, []).append(block)
+
+
+@dataclass(frozen=True)
+class _SearchTables:
+    """What the candidates' `_layout` and `_cost_key` columns index, and the FLOP counts behind MFU."""
+
+    infos: tuple[LayoutInfo, ...]
+    keys: tuple[CostKey, ...]
+    model_flops: float
+    peak_flops: float
+
+
 def _training_frame(model: ModelSpec, cluster: Cluster, workload: Training, space: SearchSpace, ctx: CostContext,
-                    cache: dict, usable: float) -> dict[str, np.ndarray]:
+                    usable: float) -> tuple[dict[str, np.ndarray], _SearchTables | None]:
     """Every training candidate, priced in bulk: one row per (base strategy, ZeRO stage, schedule); columns.
 
     Groups whose optimal split needs the general DP are first priced with an even split; the DP then runs
     only for groups whose pipeline lower bound beats the best time found."""
     info = {"mflops": model_flops_per_step(model, workload), "peak": peak_flops(cluster, workload.dtype),
             "usable": usable}
-    groups, info["placements"] = _training_groups(model, cluster, workload, space, ctx)
-    prime_class_costs(model, workload, ctx, list(groups.values()))
-    parts = [_price_bucket(model, cluster, workload, space, ctx, cache, bases, "even", info)
-             for bases in groups.values()]
-    if not parts:
-        return {}
-    cols = _concat_columns(parts)
+    groups, placements = _training_groups(model, cluster, workload, space, ctx)
+    info["placements"] = np.array(placements, dtype=object)
+    buckets = list(groups.values())
+    prime_class_costs(model, workload, ctx, buckets)
+    if not buckets:
+        return {}, None
+    tables = _SearchTables(infos=buckets[0].infos, keys=buckets[0].keys, model_flops=info["mflops"],
+                           peak_flops=info["peak"])
+    cols = _concat_columns(_price_buckets(model, cluster, workload, space, ctx, buckets, "even", info))
     fits = cols["fits"]
     best = cols["time_s"][fits].min() if fits.any() else np.inf
     need = ~cols["exact_split"] & (cols["pipe_lb_s"] < best)
@@ -167,34 +203,66 @@ def _training_frame(model: ModelSpec, cluster: Cluster, workload: Training, spac
         drop = np.zeros(len(fits), dtype=bool)
         redo = []
         for bid in np.unique(cols["_bid"][need]):
-            batch = cache[int(bid)][0]
-            gs = np.unique(cols["_g"][need & (cols["_bid"] == bid)])
-            drop |= (cols["_bid"] == bid) & np.isin(cols["_g"], gs)
-            redo.append(_price_bucket(model, cluster, workload, space, ctx, cache,
-                                      batch.bases.take(gs), "optimal", info))
-        cols = _concat_columns([{k: v[~drop] for k, v in cols.items()}, *redo])
-    return cols
+            in_bucket = cols["_bid"] == bid
+            gs = np.unique(cols["_g"][need & in_bucket])
+            drop |= in_bucket & np.isin(cols["_g"], gs)
+            redo.append(buckets[int(bid)].take(gs))
+        redone = _price_buckets(model, cluster, workload, space, ctx, redo, "optimal", info)
+        cols = _concat_columns([{k: v[~drop] for k, v in cols.items()}, *redone])
+    return cols, tables
 
 
 def _concat_columns(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
 
 
-def _price_bucket(model: ModelSpec, cluster: Cluster, workload: Training, space: SearchSpace, ctx: CostContext,
-                  cache: dict, bases: Bases, split: str, info: dict) -> dict[str, np.ndarray]:
-    """Columns of the candidates of one (pp, virtual stages) bucket: every base strategy x ZeRO x schedule."""
-    seq = workload.seq_len or model.seq_len
-    pp, v = bases.pp, bases.v
-    if v > 1:
-        scheds = ["interleaved"]
-    elif pp > 1:
-        scheds = [x for x in space.schedules if x != "interleaved"] or ["1f1b"]
-    else:
+def _price_buckets(model: ModelSpec, cluster: Cluster, workload: Training, space: SearchSpace, ctx: CostContext,
+                   buckets: list[Bases], split: str, info: dict) -> list[dict[str, np.ndarray]]:
+    """Columns of the candidates of each bucket (base strategies of one pp and virtual-stage count), in order.
+
+    Buckets of the same pp are priced together, so the numpy work runs once per pipeline depth; only the split
+    of layers into stages is found per bucket (it depends on the number of chunks). A bucket whose splits are
+    few enough to try them all (`all_splits`) is priced on its own."""
+    units: dict[tuple[int, bool], list[int]] = {}
+    for i, b in enumerate(buckets):
+        alone = bool((b.v == 1).all()) and all_splits(len(model.layers), b.pp) is not None
+        units.setdefault((b.pp, alone), []).append(i)
+    parts: list[dict[str, np.ndarray]] = [{}] * len(buckets)
+    for members in units.values():
+        merged = Bases.concat([buckets[i] for i in members])
+        sizes = np.array([len(buckets[i]) for i in members])
+        bucket_of = np.repeat(np.array(members), sizes)
+        local = np.arange(len(merged)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        cols = _price_unit(model, cluster, workload, space, ctx, merged, split, info, bucket_of, local)
+        ends = np.searchsorted(cols["_bid"], members, side="right")  # rows run bucket by bucket
+        for i, start, end in zip(members, np.concatenate([[0], ends[:-1]]), ends):
+            parts[i] = {k: col[start:end] for k, col in cols.items()}
+    return parts
+
+
+def _variants(space: SearchSpace, pp: int, v: np.ndarray) -> list[tuple[int, str]]:
+    """(ZeRO stage, schedule) pairs to price for strategies of pipeline depth pp and virtual stages v: each
+    schedule that applies to some of them, ZeRO-major."""
+    if pp == 1:
         scheds = ["1f1b"]
-    combos = [(z, x) for z in space.zero for x in scheds]
+    else:
+        scheds = ([x for x in space.schedules if x != "interleaved"] or ["1f1b"]) if (v == 1).any() else []
+        if (v > 1).any():
+            scheds.append("interleaved")
+    return [(z, x) for z in space.zero for x in scheds]
+
+
+def _price_unit(model: ModelSpec, cluster: Cluster, workload: Training, space: SearchSpace, ctx: CostContext,
+                bases: Bases, split: str, info: dict, bucket_of: np.ndarray, local: np.ndarray
+                ) -> dict[str, np.ndarray]:
+    """Columns of the candidates of base strategies sharing pp: every base strategy x ZeRO x its schedules,
+    by strategy then (ZeRO, schedule). `bucket_of` and `local`: each strategy's bucket and index in it."""
+    seq = workload.seq_len or model.seq_len
+    pp = bases.pp
+    combos = _variants(space, pp, bases.v)
     zero = np.array([z for z, _ in combos])
     sched = np.array([SCHEDULE_CODES[x] for _, x in combos])
-    splits = all_splits(len(model.layers), pp) if v == 1 else None
+    splits = all_splits(len(model.layers), pp) if (bases.v == 1).all() else None
     G = len(bases)
     if splits is not None:  # small: every split, each (strategy, variant) keeps its best on the full step time
         S = len(splits)
@@ -209,63 +277,65 @@ def _price_bucket(model: ModelSpec, cluster: Cluster, workload: Training, space:
     else:
         batch = build_stage_batch(model, cluster, workload, ctx, bases, split=split)
         a = assemble(batch, workload, ctx, zero, sched)
-        V = a.time_s.shape[1]
-        sel = np.repeat(np.arange(G)[:, None], V, axis=1)
-    bid = len(cache)
-    cache[bid] = (batch, a, combos)
-    gi, vi = np.meshgrid(np.arange(G), np.arange(V), indexing="ij")
-    gi, vi = gi.ravel(), vi.ravel()
-    dp = bases.dp
-    valid = (dp[gi] > 1) | (zero[vi] == 0)
-    gi, vi = gi[valid], vi[valid]
-    xg = sel[gi, vi]  # row of the (possibly expanded) batch that prices each candidate
-    mem = a.stage_mem[xg, vi]  # (n, p)
-    caps = batch.caps[xg]
+        sel = None
+    interleaved = sched == SCHEDULE_CODES["interleaved"]
+    valid = (((bases.dp[:, None] > 1) | (zero[None, :] == 0)) & ((bases.v[:, None] > 1) == interleaved[None, :]))
+    gi, vi = np.nonzero(valid)
+    xg = gi if sel is None else sel[gi, vi]  # row of the (possibly expanded) batch that prices each candidate
+    mem = a.stage_mem_at(xg, vi)  # (n, p)
+    caps = take_rows(batch.caps, xg)
     fullest = np.argmax(mem, axis=1)
     rows = np.arange(len(gi))
-    t = a.time_s[xg, vi]
-
-    def per_group(field: str) -> np.ndarray:
-        return bases.key_column(field)[gi]
-
-    placements = np.array(info["placements"], dtype=object)[bases.layout[gi]]
-    if v == 1:
-        stages = np.array([",".join(map(str, c)) for c in batch.cuts.tolist()], dtype=object)[xg]
-    else:
-        stages = np.full(len(xg), "", dtype=object)
+    t = take_pairs(a.time_s, xg, vi)
+    key = bases.key[gi]
+    key_cols = bases.key_columns
+    room = caps * info["usable"]
     cols: dict[str, Any] = {
-        "tp": per_group("tp"), "pp": pp, "dp": dp[gi], "ep": per_group("ep"),
-        "ep_mode": per_group("ep_mode"), "micro_batch": per_group("micro_batch"),
-        "schedule": np.array([x for _, x in combos], dtype=object)[vi], "virtual_stages": v,
-        "recompute": per_group("recompute"), "sequence_parallel": per_group("sequence_parallel"),
+        "tp": key_cols["tp"][key], "pp": pp, "dp": bases.dp[gi], "ep": key_cols["ep"][key],
+        "ep_mode": key_cols["ep_mode"][key], "micro_batch": key_cols["micro_batch"][key],
+        "schedule": np.array([x for _, x in combos], dtype=object)[vi], "virtual_stages": bases.v[gi],
+        "recompute": key_cols["recompute"][key], "sequence_parallel": key_cols["sequence_parallel"][key],
         "zero": zero[vi],
-        "placement": placements,
+        "placement": info["placements"][bases.layout[gi]],
         "num_gpus": cluster.num_gpus, "time_s": t, "tokens_per_s": workload.global_batch * seq / t,
-        "memory_gb": mem[rows, fullest] / 1e9, "capacity_gb": caps[rows, fullest] / 1e9,
-        "fits": (mem <= caps * info["usable"]).all(axis=1),
-        "shortfall_gb": np.maximum((mem - caps * info["usable"]).max(axis=1), 0) / 1e9,
-        "stages": stages, "exact_split": batch.exact[xg], "pipe_lb_s": batch.pipe_lower_bound_s[xg],
+        "memory_gb": take_pairs(mem, rows, fullest) / 1e9, "capacity_gb": take_pairs(caps, rows, fullest) / 1e9,
+        "fits": (mem <= room).all(axis=1),
+        "shortfall_gb": np.maximum((mem - room).max(axis=1), 0) / 1e9,
+        "stages": _cut_texts(batch)[xg], "exact_split": batch.exact[xg], "pipe_lb_s": batch.pipe_lower_bound_s[xg],
         "mfu": info["mflops"] / (t * info["peak"]) if info["peak"] else 0.0,
-        "_bid": bid, "_g": xg, "_v": vi,
+        "_bid": bucket_of[gi], "_g": local[gi], "_layout": bases.layout[gi], "_cost_key": key,
     }
-    for k, arr in breakdown_arrays(batch, a).items():
-        cols[k] = arr[xg, vi]
-    cols["memory_lb_gb"] = _memory_lower_bound(batch, a, sched)[xg, vi] / 1e9
+    cols.update(breakdown_at(batch, a, xg, vi))
+    cols["memory_lb_gb"] = take_pairs(_memory_lower_bound(batch, a), xg, vi) / 1e9
     n = len(gi)
     return {k: np.full(n, v) if np.ndim(v) == 0 else np.asarray(v) for k, v in cols.items()}
 
 
-def _memory_lower_bound(batch, a, sched: np.ndarray) -> np.ndarray:
+def _cut_texts(batch) -> np.ndarray:
+    """(G,) object array: the cut points of each one-chunk-per-stage group as text ("0,21,42,63,82"), "" for
+    interleaved ones (whose chunks the strategy does not record)."""
+    texts = np.full(batch.G, "", dtype=object)
+    one = np.flatnonzero(batch.v == 1)
+    if len(one):
+        memo: dict[tuple[int, ...], str] = {}  # groups share few distinct splits
+        texts[one] = [memo.get(c) or memo.setdefault(c, ",".join(map(str, c)))
+                      for c in map(tuple, batch.cuts[one, :batch.pp + 1].tolist())]
+    return texts
+
+
+def _memory_lower_bound(batch, a) -> np.ndarray:
     """(G, V) bytes that the fullest GPU needs under ANY split of the layers into stages.
 
     With stage j holding static state s_j and activations a_j kept for f_j micro-batches, the fullest stage
     needs at least the average of s_j + f_j a_j weighted by 1/f_j: (S / f_max + A) / sum_j(1 / f_j), plus
     the fixed reserve, where S and A are the model's totals."""
-    static = (a.memory["weights"] + a.memory["gradients"] + a.memory["optimizer"]).sum(axis=2)
-    flight = in_flight(sched, batch.pp, batch.m, np.full(batch.G, batch.v))
+    zi, si = a.zero_of, a.schedule_of
+    static = np.take(a.static_by_zero.sum(axis=2), zi, axis=1)
+    flight = a.flight_by_schedule
     act_total = batch.act_mb.sum(axis=1)[:, None]
-    h = (1.0 / flight).sum(axis=2)
-    return (static / flight.max(axis=2) + act_total) / h + a.memory["reserved"][:, :, 0]
+    h = np.take((1.0 / flight).sum(axis=2), si, axis=1)
+    reserved = np.take(a.reserved_by_zero[:, :, 0], zi, axis=1)
+    return (static / np.take(flight.max(axis=2), si, axis=1) + act_total) / h + reserved
 
 
 def _sub_cluster(cluster: Cluster, n: int) -> Cluster:
@@ -406,7 +476,7 @@ def plan(model: ModelSpec | str, cluster: Cluster | str, workload: Training | In
         if constraints.max_gpus is not None and constraints.max_gpus < cluster.num_gpus:
             raise PlannerOptionError("training plans use the whole cluster; describe a smaller cluster instead "
                                      "of max_gpus")
-        cols = _training_frame(model, cluster, workload, space, ctx, cache, 1.0 - constraints.memory_headroom)
+        cols, tables = _training_frame(model, cluster, workload, space, ctx, 1.0 - constraints.memory_headroom)
     else:
         rows, cache = _inference_rows(model, cluster, workload, space, ctx.params, ctx.profiles, constraints)
         frame = pd.DataFrame(rows)
@@ -421,13 +491,13 @@ def plan(model: ModelSpec | str, cluster: Cluster | str, workload: Training | In
     usable = 1.0 - constraints.memory_headroom
 
     if kind == "training":
-        _refine_memory(cols, model, cluster, workload, ctx, usable)
+        _refine_memory(cols, model, cluster, workload, ctx, usable, tables)
     cols["objective"] = np.asarray(_objective_column(cols, kind, objective, workload))
     fits = cols["fits"].astype(bool)
     reason = np.full(len(fits), "", dtype=object)
     if not fits.all():
-        reason[~fits] = ("memory: needs " + _formatted(cols["memory_gb"][~fits], "{:.1f}") + " GB per GPU, " +
-                         _formatted(cols["capacity_gb"][~fits] * usable, "{:.1f}") + " GB usable")
+        reason[~fits] = (_formatted(cols["memory_gb"][~fits], "memory: needs {:.1f} GB per GPU, ") +
+                         _formatted(cols["capacity_gb"][~fits] * usable, "{:.1f} GB usable"))
     ok = fits.copy()
     for col, lim, label in (("ttft_s", constraints.max_ttft_s, "TTFT"), ("tpot_s", constraints.max_tpot_s, "TPOT")):
         if lim is not None and col in cols:
@@ -443,11 +513,10 @@ def plan(model: ModelSpec | str, cluster: Cluster | str, workload: Training | In
     cols["pruned"] = ~ok
     if not ok.any():
         raise _no_plan_error(pd.DataFrame(cols), model, cluster, constraints)
-    # stable, NaN last: the order pandas' sort_values(kind="stable") gives
-    order = np.lexsort((cols["time_s"], cols["num_gpus"], cols["objective"], cols["pruned"]))
+    order = _ranking(cols)
     pruned = cols["pruned"][order]
     out = {"rank": np.where(pruned, 0, np.arange(1, len(order) + 1))}
-    out.update((k, v[order]) for k, v in cols.items() if k not in ("_bid", "_g", "_v"))
+    out.update((k, v[order]) for k, v in cols.items() if k not in _INTERNAL_COLUMNS)
     key = cols["_key"][order] if "_key" in cols else None
     out.pop("_key", None)
     df = pd.DataFrame(out)
@@ -466,14 +535,27 @@ def plan(model: ModelSpec | str, cluster: Cluster | str, workload: Training | In
                       params=ctx.params, profiles=ctx.profiles)
 
 
+def _ranking(cols: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Row order: unpruned first, then by objective, GPU count and time; stable, NaN last (the order pandas'
+    sort_values(kind="stable") gives). A key that cannot break a tie left by the keys before it (constant,
+    or the objective itself) is left out of the sort."""
+    keys = [cols["pruned"], cols["objective"]]
+    if not (cols["num_gpus"] == cols["num_gpus"][0]).all():
+        keys.append(cols["num_gpus"])
+    if not np.array_equal(cols["time_s"], cols["objective"], equal_nan=True):
+        keys.append(cols["time_s"])
+    return np.lexsort(keys[::-1])
+
+
 def _refine_memory(cols: dict[str, np.ndarray], model: ModelSpec, cluster: Cluster, workload: Training,
-                   ctx: CostContext, usable: float, chunk: int = 16) -> None:
+                   ctx: CostContext, usable: float, tables: _SearchTables, chunk: int = 16) -> None:
     """Re-price, with the memory-aware split, non-fitting candidates that could still beat the best.
 
     A memory-aware split never lowers the step time, so candidates at or above the best fitting time are
     skipped, and so are those whose memory lower bound (any split) exceeds the GPU, one-stage and
-    interleaved candidates (no contiguous split to change). An exact greedy test rules out the rest that no
-    split can fit before any DP runs; the survivors are priced together, a chunk at a time."""
+    interleaved candidates (no contiguous split to change). An exact reachability test rules out the rest that
+    no split can fit before any DP runs; the survivors are priced together, a chunk at a time, by pipeline
+    depth, with their layer-class costs from the search's table."""
     fits, time_s = cols["fits"], cols["time_s"]
     best = time_s[fits].min() if fits.any() else math.inf
     todo = np.flatnonzero(~fits & (cols["pp"] > 1) & (cols["virtual_stages"] == 1) &
@@ -482,32 +564,31 @@ def _refine_memory(cols: dict[str, np.ndarray], model: ModelSpec, cluster: Clust
         return
     todo = todo[np.argsort(time_s[todo], kind="quicksort")]  # the order pandas' sort_values gives
     seq = workload.seq_len or model.seq_len
-    mflops, peak = model_flops_per_step(model, workload), peak_flops(cluster, workload.dtype)
     updates: dict[int, list] = {}
     for start in range(0, len(todo), chunk):
-        part = [int(i) for i in todo[start:start + chunk] if time_s[i] < best]
-        if not part:
+        part = todo[start:start + chunk]
+        part = part[time_s[part] < best]
+        if not len(part):
             break
-        aware = []
-        for i in part:
-            strat = _strategy_at(cols, i)
-            cuts = memory_aware_cuts(model, cluster, workload, ctx, strat, usable)
-            if cuts is not None:
-                aware.append((i, strat.with_(stages=tuple(cuts))))
-        for pp, group in _by_pp(aware).items():
-            strats = [st for _, st in group]
-            batch = build_stage_batch(model, cluster, workload, ctx, strats)
-            a = assemble(batch, workload, ctx, np.array([[st.zero] for st in strats]),
-                         np.array([[SCHEDULE_CODES[st.schedule]] for st in strats]))
+        for pp, idx in _by_value(cols["pp"], part):
+            aware = _memory_aware_splits(cols, idx, model, workload, ctx, usable, tables)
+            if not aware:
+                continue
+            idx = np.array([i for i, _ in aware])
+            bases = _bases_at(cols, idx, int(pp), tables, stages=np.array([cuts for _, cuts in aware]))
+            batch = build_stage_batch(model, cluster, workload, ctx, bases)
+            a = assemble(batch, workload, ctx, cols["zero"][idx][:, None],
+                         np.array([SCHEDULE_CODES[x] for x in cols["schedule"][idx]])[:, None])
             bd = breakdown_arrays(batch, a)
-            for g, (i, st) in enumerate(group):
+            for g, (i, cuts) in enumerate(aware):
                 mem = a.stage_mem[g, 0]
                 short = float((mem - batch.caps[g] * usable).max())
                 t = float(a.time_s[g, 0])
                 full = int(np.argmax(mem))
                 updates[i] = [t, float(mem[full]) / 1e9, float(batch.caps[g, full]) / 1e9, short <= 0,
-                              max(short, 0.0) / 1e9, ",".join(map(str, st.stages)), workload.global_batch * seq / t,
-                              mflops / (t * peak) if peak else 0.0, *(float(bd[k][g, 0]) for k in ADDITIVE_TERMS)]
+                              max(short, 0.0) / 1e9, ",".join(map(str, cuts)), workload.global_batch * seq / t,
+                              tables.model_flops / (t * tables.peak_flops) if tables.peak_flops else 0.0,
+                              *(float(bd[k][g, 0]) for k in ADDITIVE_TERMS)]
                 if short <= 0:
                     best = min(best, t)
     names = ["time_s", "memory_gb", "capacity_gb", "fits", "shortfall_gb", "stages", "tokens_per_s", "mfu",
@@ -517,23 +598,53 @@ def _refine_memory(cols: dict[str, np.ndarray], model: ModelSpec, cluster: Clust
             cols[c][i] = x
 
 
-def _strategy_at(cols: Mapping[str, np.ndarray], i: int) -> Strategy:
-    return _strategy_of({k: cols[k][i] for k in ("tp", "pp", "dp", "ep", "ep_mode", "micro_batch", "schedule",
-                                                 "virtual_stages", "recompute", "sequence_parallel", "zero",
-                                                 "placement")})
+def _by_value(column: np.ndarray, rows: np.ndarray) -> list[tuple[Any, np.ndarray]]:
+    """`rows` grouped by their value in `column`, groups in order of first appearance, rows in order."""
+    values = column[rows]
+    out: dict[Any, list[int]] = {}
+    for r, x in zip(rows.tolist(), values.tolist()):
+        out.setdefault(x, []).append(r)
+    return [(x, np.array(r)) for x, r in out.items()]
 
 
-def _by_pp(items: list) -> dict[int, list]:
-    out: dict[int, list] = {}
-    for i, st in items:
-        out.setdefault(st.pp, []).append((i, st))
+def _bases_at(cols: Mapping[str, np.ndarray], idx: np.ndarray, pp: int, tables: _SearchTables,
+              stages: np.ndarray | None = None) -> Bases:
+    """The base strategies (one chunk per stage) of candidates `idx`, all of pipeline depth pp."""
+    return Bases(pp=pp, v=np.ones(len(idx), dtype=np.int64), dp=cols["dp"][idx], layout=cols["_layout"][idx],
+                 infos=tables.infos, key=cols["_cost_key"][idx], keys=tables.keys, stages=stages)
+
+
+def _memory_aware_splits(cols: Mapping[str, np.ndarray], idx: np.ndarray, model: ModelSpec, workload: Training,
+                         ctx: CostContext, usable: float, tables: _SearchTables
+                         ) -> list[tuple[int, tuple[int, ...]]]:
+    """(candidate, cut points) of the candidates `idx` (one pipeline depth) that some split fits in memory."""
+    bases = _bases_at(cols, idx, int(cols["pp"][idx[0]]), tables)
+    C, _ = stage_class_costs(model, workload, ctx, bases)
+    out = []
+    for r, i in enumerate(idx.tolist()):
+        cuts = memory_aware_split(model, workload, ctx, tables.infos[bases.layout[r]], C[r],
+                                  tables.keys[bases.key[r]], int(bases.dp[r]), int(cols["zero"][i]),
+                                  cols["schedule"][i], usable)
+        if cuts is not None:
+            out.append((i, cuts))
     return out
 
 
 def _formatted(values: np.ndarray, fmt: str) -> np.ndarray:
-    """`fmt` of each value, as an object array; each distinct value is formatted once."""
-    uniq, inv = np.unique(values, return_inverse=True)
-    return np.array([fmt.format(x) for x in uniq.tolist()], dtype=object)[inv.ravel()]
+    """`fmt.format(v)` of each value as an object array, for a `fmt` holding one "{:.1f}".
+
+    Each distinct number of tenths is written once, from integers, where rounding to tenths is clear of a tie
+    (there it agrees with float formatting); the other values are formatted as floats."""
+    prefix, suffix = fmt.split("{:.1f}")
+    v = np.asarray(values, dtype=float)
+    scaled = v * 10.0
+    with np.errstate(invalid="ignore"):
+        clear = (v >= 0) & ~np.signbit(v) & (scaled < 1e9) & (np.abs(scaled - np.floor(scaled) - 0.5) > 1e-6)
+    out = np.empty(len(v), dtype=object)
+    tenths, inv = np.unique(np.floor(scaled[clear] + 0.5).astype(np.int64), return_inverse=True)
+    out[clear] = np.array([f"{prefix}{k // 10}.{k % 10}{suffix}" for k in tenths.tolist()], dtype=object)[inv.ravel()]
+    out[~clear] = [fmt.format(x) for x in v[~clear].tolist()]
+    return out
 
 
 def _finalize(row: pd.Series, model: ModelSpec, cluster: Cluster, workload: Any, ctx: CostContext, cache: dict,
@@ -544,8 +655,7 @@ def _finalize(row: pd.Series, model: ModelSpec, cluster: Cluster, workload: Any,
     strat = _strategy_of(row)
     if row["stages"]:
         strat = strat.with_(stages=tuple(int(x) for x in row["stages"].split(",")))
-    e = estimate(model, cluster, strat, workload, params=ctx.params, profiles=ctx.profiles,
-                 layer_times=ctx.layer_times)
+    e = estimate_training(model, cluster, strat, workload, ctx)  # what `estimate` runs, with the search's memo
     return Plan.from_estimate(model, cluster, workload, e, objective=objective)
 
 

@@ -52,8 +52,10 @@ class Layout:
     node_order: tuple[int, ...] | None = field(default=None, compare=False)
 
 
-def _ep_options(model: ModelSpec, tp: int, dp: int, space: SearchSpace) -> list[tuple[int, str]]:
-    if not model.is_moe:
+def _ep_options(model: ModelSpec, tp: int, dp: int, space: SearchSpace, is_moe: bool | None = None
+                ) -> list[tuple[int, str]]:
+    """(ep, EP convention) pairs for a mesh; `is_moe`: `model.is_moe`, when the caller has it already."""
+    if not (model.is_moe if is_moe is None else is_moe):
         return [(1, "dp")]
     experts = [b.num_experts for b in model.blocks if b.is_moe]
     widths = [b.expert_ffn_hidden for b in model.blocks if b.is_moe]
@@ -138,6 +140,7 @@ def layouts(model: ModelSpec, cluster: Cluster, workload: Training | Inference, 
     entries = len(model.layers)
     batch = workload.global_batch if isinstance(workload, Training) else workload.batch
     orders = node_orders(cluster, space.max_placements) if n == cluster.num_gpus else [None]
+    is_moe = model.is_moe
     out = []
     for tp in divisors(n):
         if tp > max_tp or (space.tp is not None and tp not in space.tp) or not model.tp_splits_evenly(tp):
@@ -150,7 +153,7 @@ def layouts(model: ModelSpec, cluster: Cluster, workload: Training | Inference, 
             dp = n // tp // pp
             if batch % dp:
                 continue
-            for ep, mode in _ep_options(model, tp, dp, space):
+            for ep, mode in _ep_options(model, tp, dp, space, is_moe):
                 for order in orders:
                     out.append(Layout(tp=tp, pp=pp, dp=dp, ep=ep, ep_mode=mode,
                                       placement=placement_for(cluster, order), num_gpus=n, node_order=order))
