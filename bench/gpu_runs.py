@@ -67,6 +67,7 @@ def main() -> int:
     ap.add_argument("--compile", action="store_true", help="pass --compile to the executor (torch.compile per block)")
     ap.add_argument("--tag", default="", help="suffix for labels (e.g. _compiled)")
     ap.add_argument("--compile-scope", default="blocks", choices=COMPILE_SCOPES)
+    ap.add_argument("--cuda-graphs", action="store_true", help="with --compile: pass --cuda-graphs to the executor")
     args = ap.parse_args()
     train = cm.Training(global_batch=TRAIN.global_batch, seq_len=args.seq, dtype=TRAIN.dtype)
     out = Path(args.out)
@@ -84,7 +85,8 @@ def main() -> int:
             continue
         label = label + args.tag
         run = run_local(plan, out, label, steps=args.steps, warmup=args.warmup, timeout_s=args.timeout_s,
-                        extra_args=(f"--compile={args.compile_scope}",) if args.compile else ())
+                        extra_args=((f"--compile={args.compile_scope}",) + (("--cuda-graphs",) if args.cuda_graphs else ())
+                                    if args.compile else ()))
         if run.report is None:
             rows.append((label, "run failed", f"see log_{label}.txt ({run.wall_s:.0f} s)"))
             continue

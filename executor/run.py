@@ -612,6 +612,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--compile", nargs="?", const="blocks", default=None, choices=COMPILE_SCOPES,
                     help="torch.compile for training: each transformer block (default), or each pipeline chunk whole "
                          "(one graph per micro-batch; layouts with data parallelism compile per block)")
+    ap.add_argument("--cuda-graphs", action="store_true",
+                    help="with --compile: replay each compiled graph as a CUDA graph (torch.compile's "
+                         "reduce-overhead mode); spares the host a kernel launch per kernel")
     ap.add_argument("--checkpoint-dir", default=None, help="save distributed checkpoints under this directory")
     ap.add_argument("--checkpoint-every", type=int, default=None,
                     help="steps between checkpoints (default: the plan's checkpoint_interval_steps; 0: last step only)")
@@ -623,6 +626,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
         ap.error("--steps must be >= 1 and --warmup >= 0")
+    if args.cuda_graphs:
+        if args.compile is None:
+            ap.error("--cuda-graphs replays compiled graphs: add --compile (best with --compile model)")
+        os.environ["PARPLAN_COMPILE_MODE"] = "reduce-overhead"
     if (args.checkpoint_every is not None and args.checkpoint_every < 0) or args.checkpoint_keep < 0:
         ap.error("--checkpoint-every and --checkpoint-keep must be >= 0")
     return args

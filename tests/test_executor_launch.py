@@ -160,3 +160,15 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_cuda_graphs_needs_compile_and_selects_the_reduce_overhead_mode(monkeypatch, capsys):
+    from executor.run import _cuda_graphs, parse_args
+
+    monkeypatch.setenv("PARPLAN_COMPILE_MODE", "")  # recorded, so the value parse_args sets is undone
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["plan.json", "--cuda-graphs"])
+    assert exc.value.code == 2 and "add --compile" in capsys.readouterr().err
+    assert not _cuda_graphs()
+    args = parse_args(["plan.json", "--compile", "model", "--cuda-graphs"])
+    assert args.compile == "model" and _cuda_graphs()
