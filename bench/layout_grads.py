@@ -11,6 +11,7 @@ worst first: a layout whose gradients are wrong shows differences of order one w
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as _dt
 import os
 import sys
@@ -22,12 +23,15 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 import costmodel as cm  # noqa: E402
+from costmodel.catalog import get_model  # noqa: E402
 from hardware_profiles import Cluster  # noqa: E402
 
 
 def _spec(layers: int) -> cm.ModelSpec:
-    return cm.ModelSpec.decoder(f"llama-1.5b-{layers}l", num_layers=layers, hidden=2048, num_heads=16, num_kv_heads=8,
-                                ffn_hidden=5632, vocab=32000, seq_len=4096)
+    """The catalog's llama-1.5b with its first `layers` blocks (embedding and head kept)."""
+    full = get_model("llama-1.5b")
+    return dataclasses.replace(full, name=f"llama-1.5b-{layers}l",
+                               layers=(full.layers[0], *full.layers[1:1 + layers], full.layers[-1]))
 
 
 def save(args: argparse.Namespace) -> int:

@@ -322,6 +322,13 @@ _ENTER = {"replicated": _CopyToTP, "sequence": _GatherSeq}
 _EXIT = {"replicated": _ReduceFromTP, "sequence": _ReduceScatterSeq}
 
 
+def _compute_tensor(module: nn.Module, name: str) -> torch.Tensor:
+    """What a tensor-parallel layer computes with for parameter `name`: its leaf (`attach_local_leaves`), or
+    the parameter's local shard."""
+    leaf = getattr(module, f"_{name}_leaf")
+    return leaf if leaf is not None else local(getattr(module, name))
+
+
 class TPLinear(Linear):
     """A Linear whose weight is a DTensor shard (columns: rows of W split; rows: columns of W split), run on
     the local shard with explicit collectives. `_tp_in`: how the input arrives for a column-parallel layer
@@ -339,7 +346,7 @@ class TPLinear(Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self._tp
-        bias = None if self.bias is None else (self._bias_leaf if self._bias_leaf is not None else local(self.bias))
+        bias = None if self.bias is None else _compute_tensor(self, "bias")
         if self._tp_in is not None:
             if torch.is_autocast_enabled(x.device.type):
                 # autocast would cast the input for the matmul anyway; casting before the region makes the
@@ -360,7 +367,7 @@ class TPLinear(Linear):
         tensors, so each backward may run it). The copy is dropped by `drop_weight_casts`, which the
         executor's optimizer runs after every step (`track_weight_updates`): no version counter can tell,
         since foreach and fused optimizers update a DTensor's shards without bumping one."""
-        w = self._weight_leaf if self._weight_leaf is not None else local(self.weight)
+        w = _compute_tensor(self, "weight")
         dev = x.device.type
         if not torch.is_autocast_enabled(dev) or not torch.is_grad_enabled() or torch.compiler.is_compiling():
             return w
@@ -395,7 +402,7 @@ class VocabParallelEmbedding(nn.Embedding):
     _weight_leaf: torch.Tensor | None = None  # as TPLinear's
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        w = self._weight_leaf if self._weight_leaf is not None else local(self.weight)
+        w = _compute_tensor(self, "weight")
         idx = tokens - self._tp.rank * w.shape[0]
         outside = (idx < 0) | (idx >= w.shape[0])
         out = F.embedding(idx.masked_fill(outside, 0), w).masked_fill(outside.unsqueeze(-1), 0.0)
