@@ -73,10 +73,18 @@ class _LocalShard(torch.autograd.Function):
 
 
 class Linear(nn.Linear):
-    """`nn.Linear` that multiplies by the local shard of a (possibly DTensor) weight."""
+    """`nn.Linear` that multiplies by the local shard of a (possibly DTensor) weight, or by `_weight_cast`, a
+    low-precision copy of it that the training loop may set for one optimizer step."""
+
+    _weight_cast: torch.Tensor | None = None
+
+    def compute_weight(self) -> torch.Tensor:
+        """The full-precision tensor this layer multiplies by (what `_weight_cast` copies)."""
+        return local(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, local(self.weight), None if self.bias is None else local(self.bias))
+        w = self._weight_cast if self._weight_cast is not None else self.compute_weight()
+        return F.linear(x, w, None if self.bias is None else local(self.bias))
 
 
 def _norm(kind: str, hidden: int, eps: float) -> nn.Module:

@@ -358,6 +358,9 @@ class TPLinear(Linear):
         y = _EXIT[self._tp_out].apply(F.linear(x, self._local_weight(x)), c)
         return y if bias is None else y + bias
 
+    def compute_weight(self) -> torch.Tensor:
+        return _compute_tensor(self, "weight")
+
     def _local_weight(self, x: torch.Tensor) -> torch.Tensor:
         """The local weight shard; under autocast, its low-precision copy made once per optimizer step.
 
@@ -367,7 +370,9 @@ class TPLinear(Linear):
         tensors, so each backward may run it). The copy is dropped by `drop_weight_casts`, which the
         executor's optimizer runs after every step (`track_weight_updates`): no version counter can tell,
         since foreach and fused optimizers update a DTensor's shards without bumping one."""
-        w = _compute_tensor(self, "weight")
+        if self._weight_cast is not None:
+            return self._weight_cast
+        w = self.compute_weight()
         dev = x.device.type
         if not torch.is_autocast_enabled(dev) or not torch.is_grad_enabled() or torch.compiler.is_compiling():
             return w
@@ -380,11 +385,26 @@ class TPLinear(Linear):
         return cached[1]
 
 
+def cast_weights(modules: Iterable[nn.Module], dtype: torch.dtype) -> None:
+    """Give every linear layer of `modules` a `dtype` copy of its weight for the coming micro-batches.
+
+    What autocast's cast cache does in eager mode, made explicit so that compiled graphs take the copies as
+    inputs instead of casting every weight again in every micro-batch; the copies keep their autograd path
+    to the weights (it saves no tensors, so every micro-batch's backward may run it). Only for layouts
+    without FSDP, whose weights are gathered inside the forward. `drop_weight_casts` forgets them."""
+    for module in modules:
+        for m in module.modules():
+            if isinstance(m, Linear):
+                m._weight_cast = m.compute_weight().to(dtype)
+
+
 def drop_weight_casts(modules: Iterable[nn.Module]) -> None:
-    """Forget the low-precision weight copies of `TPLinear._local_weight`: after any in-place weight change."""
+    """Forget the low-precision weight copies (`cast_weights`, `TPLinear._local_weight`): after any in-place
+    weight change."""
     for module in modules:
         for m in module.modules():
             m.__dict__.pop("_cast_cache", None)
+            m.__dict__.pop("_weight_cast", None)
 
 
 def track_weight_updates(optimizer: torch.optim.Optimizer, modules: Sequence[nn.Module]) -> torch.optim.Optimizer:

@@ -21,6 +21,7 @@ layout, whatever layout saved it: the run covers steps [saved step, warmup + ste
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -44,9 +45,9 @@ from hardware_profiles.fileio import write_text_atomic
 
 from .check import RunShape, validate
 from .errors import UnsupportedPlanError
-from .parallelize import (COMPILE_SCOPES, Meshes, Part, build_meshes, build_parts, build_schedule, compile_kwargs,
-                          compiles_whole, compiles_with_loss, finalize_grads, full_state, maybe_autocast,
-                          set_grad_sync, track_weight_updates)
+from .parallelize import (COMPILE_SCOPES, Meshes, Part, build_meshes, build_parts, build_schedule, cast_weights,
+                          compile_kwargs, compiles_whole, compiles_with_loss, drop_weight_casts, finalize_grads,
+                          full_state, maybe_autocast, set_grad_sync, track_weight_updates)
 
 REPORT_SCHEMA = "parplan.run"
 REPORT_SCHEMA_VERSION = 1
@@ -89,6 +90,16 @@ def loss_fn(compiled: bool):
 
 def _cuda_graphs() -> bool:
     return "reduce-overhead" in os.environ.get("PARPLAN_COMPILE_MODE", "")
+
+
+def _compiled_autograd(session: "Session"):
+    """A context in which backward runs through compiled autograd (PARPLAN_COMPILED_AUTOGRAD=1): the gradient
+    accumulation into .grad then fuses with the backward's last kernels instead of a separate add per
+    parameter and micro-batch."""
+    if not (session.compiled and os.environ.get("PARPLAN_COMPILED_AUTOGRAD") == "1"):
+        return contextlib.nullcontext()
+    from torch._dynamo import compiled_autograd
+    return compiled_autograd._enable(torch.compile(**compile_kwargs(session.compile_backend)))
 
 
 def _zero_grads_in_place(session: "Session") -> None:
@@ -220,6 +231,9 @@ class Trainer:
         self.pp_scales_grads = True
         self.graphs = session.compiled and _cuda_graphs()
         self.forward_loss = None  # (inputs, targets) -> loss: model and loss compiled as one graph
+        # weights cast once per step rather than per micro-batch (`cast_weights`); FSDP gathers them per forward
+        self.casts_weights = (session.autocast and session.compute_dtype != torch.float32 and session.shape.dp == 1
+                              and os.environ.get("PARPLAN_STEP_CASTS", "1") == "1")
         if session.compiled and compiles_with_loss(session.shape, session.compile_scope):
             model = session.parts[0].module
             if self.graphs:
@@ -249,6 +263,9 @@ class Trainer:
         else:
             self.opt.zero_grad(set_to_none=True)
         local_loss = torch.zeros((), device=s.device)
+        modules = [part.module for part in s.parts]
+        if self.casts_weights:
+            cast_weights(modules, s.compute_dtype)
         with maybe_autocast(s.device, s.compute_dtype, s.autocast):
             if self.schedule is not None:
                 losses: list[torch.Tensor] = []
@@ -269,8 +286,11 @@ class Trainer:
                     if self.graphs:
                         torch.compiler.cudagraph_mark_step_begin()
                     loss = forward_loss(inputs[i * mb:(i + 1) * mb], targets[i * mb:(i + 1) * mb])
-                    (loss / shape.n_micro).backward()
+                    with _compiled_autograd(s):
+                        (loss / shape.n_micro).backward()
                     local_loss = local_loss + loss.detach().float() / shape.n_micro
+        if self.casts_weights:
+            drop_weight_casts(modules)
         finalize_grads(s.parts, shape, s.meshes, keep_leaf_grads=self.graphs)
         grads = full_state(s.parts, shape, s.meshes, grads=True) if capture_grads else None
         self.opt.step()
