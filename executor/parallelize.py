@@ -61,7 +61,6 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 import torch.distributed as dist
-import torch.distributed._functional_collectives as funcol
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -241,20 +240,17 @@ def _reduce_scatter0(x: torch.Tensor, c: TPComm) -> torch.Tensor:
     return _C10D.wait_tensor(_C10D.reduce_scatter_tensor(x.contiguous(), "sum", c.size, c.name))
 
 
-# Sequence shards through torch's functional collectives along dim 1, whose results are new contiguous
-# tensors. Moving the sequence to dim 0 and back instead gave, for a micro-batch of one, results that are
-# views of the collective's output, and compiled on NCCL the backward's gradients came out wrong (zeros;
-# bench/layout_grads.py on 2x H200 found it, gloo on CPU did not show it).
-def _waited(t: torch.Tensor) -> torch.Tensor:
-    return t.wait() if isinstance(t, funcol.AsyncCollectiveTensor) else t
-
-
+# Sequence shards are gathered and reduce-scattered through dim 0, with the copies between the layouts in the
+# graph (a cat of the gathered chunks, a cat of the chunks to scatter), so no result is a view of a
+# collective's buffer: compiled on NCCL, results that were such views got wrong (zero) gradients in the
+# backward (bench/layout_grads.py on 2x H200; gloo on CPU did not show it). torch's functional-collective
+# wrappers do the same copies but break the graph there on torch 2.11.
 def _gather_seq(x: torch.Tensor, c: TPComm) -> torch.Tensor:
-    return _waited(funcol.all_gather_tensor(x.contiguous(), 1, c.name))
+    return torch.cat(_all_gather0(x, c).chunk(c.size, dim=0), dim=1)
 
 
 def _reduce_scatter_seq(x: torch.Tensor, c: TPComm) -> torch.Tensor:
-    return _waited(funcol.reduce_scatter_tensor(x.contiguous(), "sum", 1, c.name))
+    return _reduce_scatter0(torch.cat(x.chunk(c.size, dim=1), dim=0), c)
 
 
 def _split_seq(x: torch.Tensor, c: TPComm) -> torch.Tensor:
