@@ -230,7 +230,7 @@ class Trainer:
         self.schedule = None
         self.pp_scales_grads = True
         self.graphs = session.compiled and _cuda_graphs()
-        self.forward_loss = None  # (inputs, targets) -> loss: model and loss compiled as one graph
+        self.forward_loss = None  # (inputs, targets) -> loss / n_micro: model and loss compiled as one graph
         # weights cast once per step rather than per micro-batch (`cast_weights`); FSDP gathers them per forward
         self.casts_weights = (session.autocast and session.compute_dtype != torch.float32 and session.shape.dp == 1
                               and os.environ.get("PARPLAN_STEP_CASTS", "1") == "1")
@@ -240,7 +240,8 @@ class Trainer:
                 for part in session.parts:
                     for _, leaf in part.leaves:
                         torch._dynamo.mark_static_address(leaf)
-            self.forward_loss = torch.compile(lambda inputs, targets: cross_entropy(model(inputs), targets),
+            n_micro = session.shape.n_micro
+            self.forward_loss = torch.compile(lambda inputs, targets: cross_entropy(model(inputs), targets) / n_micro,
                                               **compile_kwargs(session.compile_backend))
         if session.shape.pp > 1:
             self.schedule, self.pp_scales_grads = build_schedule(session.parts, session.shape, session.meshes,
@@ -280,15 +281,16 @@ class Trainer:
                 model = s.parts[0].module
                 mb = shape.micro_batch
                 ce = loss_fn(s.compiled)
-                forward_loss = self.forward_loss or (lambda x, y: ce(model(x), y))
+                # a micro-batch's share of the step's loss
+                forward_loss = self.forward_loss or (lambda x, y: ce(model(x), y) / shape.n_micro)
                 for i in range(shape.n_micro):
                     set_grad_sync(s.parts, i == shape.n_micro - 1)
                     if self.graphs:
                         torch.compiler.cudagraph_mark_step_begin()
                     loss = forward_loss(inputs[i * mb:(i + 1) * mb], targets[i * mb:(i + 1) * mb])
                     with _compiled_autograd(s):
-                        (loss / shape.n_micro).backward()
-                    local_loss = local_loss + loss.detach().float() / shape.n_micro
+                        loss.backward()
+                    local_loss = local_loss + loss.detach().float()
         if self.casts_weights:
             drop_weight_casts(modules)
         finalize_grads(s.parts, shape, s.meshes, keep_leaf_grads=self.graphs)
