@@ -92,11 +92,21 @@ def _cuda_graphs() -> bool:
     return "reduce-overhead" in os.environ.get("PARPLAN_COMPILE_MODE", "")
 
 
-def _compiled_autograd(session: "Session"):
-    """A context in which backward runs through compiled autograd (PARPLAN_COMPILED_AUTOGRAD=1): the gradient
-    accumulation into .grad then fuses with the backward's last kernels instead of a separate add per
-    parameter and micro-batch."""
-    if not (session.compiled and os.environ.get("PARPLAN_COMPILED_AUTOGRAD") == "1"):
+def _uses_compiled_autograd(session: "Session", whole_graph: bool) -> bool:
+    """Whether backward runs through compiled autograd: the gradient accumulation into .grad (and the cast of
+    each weight's gradient back to fp32) then fuses with the backward's last kernels, instead of a separate
+    add per parameter and micro-batch. Measured on an H200 (llama-1.5b, bench/results/gpu/runs_2026-11-22_f):
+    one GPU 0.690 -> 0.664 s a step; TP2 0.475 -> 0.513 s, so not with tensor parallelism (its collectives'
+    autograd functions then run inside the traced backward), nor with CUDA graphs (not measured together).
+    PARPLAN_COMPILED_AUTOGRAD=1 / 0 forces it."""
+    forced = os.environ.get("PARPLAN_COMPILED_AUTOGRAD")
+    if forced in ("0", "1"):
+        return forced == "1" and session.compiled
+    return whole_graph and session.shape.tp == 1 and not _cuda_graphs()
+
+
+def _compiled_autograd(enabled: bool, session: "Session"):
+    if not enabled:
         return contextlib.nullcontext()
     from torch._dynamo import compiled_autograd
     return compiled_autograd._enable(torch.compile(**compile_kwargs(session.compile_backend)))
@@ -243,6 +253,7 @@ class Trainer:
             n_micro = session.shape.n_micro
             self.forward_loss = torch.compile(lambda inputs, targets: cross_entropy(model(inputs), targets) / n_micro,
                                               **compile_kwargs(session.compile_backend))
+        self.compiled_backward = _uses_compiled_autograd(session, self.forward_loss is not None)
         if session.shape.pp > 1:
             self.schedule, self.pp_scales_grads = build_schedule(session.parts, session.shape, session.meshes,
                                                                  session.device, self._pp_loss)
@@ -288,7 +299,7 @@ class Trainer:
                     if self.graphs:
                         torch.compiler.cudagraph_mark_step_begin()
                     loss = forward_loss(inputs[i * mb:(i + 1) * mb], targets[i * mb:(i + 1) * mb])
-                    with _compiled_autograd(s):
+                    with _compiled_autograd(self.compiled_backward, s):
                         loss.backward()
                     local_loss = local_loss + loss.detach().float()
         if self.casts_weights:
