@@ -10,8 +10,8 @@ the error is reported on the rest.
   best (among trials predicted to fit) is the measured best; out-of-memory
   calls. AMP's own predictions in the file are scored the same way.
 - Megatron-LM Table 1: fit on rows 1, 3, 5, 7, 9 (by size), score rows 2, 4, 6, 8, 10.
-- HELM idealized runtimes (A100 and V100): fit on every other model (by size),
-  score P(p) over all prompt sizes and beta on the others.
+- HELM idealized runtimes (A100 and V100): fit on every other model (by size), all
+  their prompt sizes and beta; score P(p) over all prompt sizes and beta on the others.
 - The project's own runs on 2x H200 (bench/results/gpu/, bench/calibration.py), eager and compiled: the
   microbenchmark profile plus three runs (single, DP2, PP2) fitted, every other layout scored, before
   (datasheet, profile only) and after calibration.
@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
 from costmodel.fitting import fit_params  # noqa: E402
-from validation import (AMP_BASE, AMP_FIT, AMP_FIT_BOUNDS, HELM_BASE, HELM_FIT, MEGATRON_BASE, MEGATRON_FIT, amp_trials,  # noqa: E402
-                        helm_models, megatron_runs, megatron_strategies, predict_amp, predict_helm,
-                        predict_megatron, spearman)
+from validation import (AMP_BASE, AMP_FIT, AMP_FIT_BOUNDS, HELM_BASE, HELM_FIT, HELM_FIT_BOUNDS,  # noqa: E402
+                        MEGATRON_BASE, MEGATRON_FIT, amp_trials, helm_models, megatron_runs, megatron_strategies,
+                        predict_amp, predict_helm, predict_megatron, spearman)
 
 SETTINGS = ("homogeneous", "het_cluster", "het_model")
 RESULTS = Path(__file__).parent / "results" / "accuracy.json"
@@ -135,8 +135,7 @@ def helm_report(gpu: str) -> dict:
     models = sorted(helm_models(gpu), key=lambda h: h.model.num_params)
     train = models[0::2]
     test = models[1::2]
-    fit_sizes = {h.model.name: [p for p in sorted(h.prompt_s) if p in (1, 128, 512, 1024, 1536, 1920)]
-                 for h in train}
+    fit_sizes = {h.model.name: sorted(h.prompt_s) for h in train}  # every measured prompt size of the fit models
 
     def predict(params):
         P, beta = predict_helm(train, params, fit_sizes)
@@ -144,19 +143,26 @@ def helm_report(gpu: str) -> dict:
 
     measured = np.concatenate([np.array([h.prompt_s[p] for p in fit_sizes[h.model.name]]) for h in train]
                               + [np.array([h.beta_s for h in train])])
-    res = fit_params(HELM_BASE, HELM_FIT, predict, measured, max_nfev=100)
+    res = fit_params(HELM_BASE, HELM_FIT, predict, measured, bounds=HELM_FIT_BOUNDS, max_nfev=100)
     P, beta = predict_helm(test, res.params)
-    p_err = np.concatenate([np.abs(pp / np.array([h.prompt_s[x] for x in sorted(h.prompt_s)]) - 1)
-                            for h, pp in zip(test, P)])
+    p_rel = [pp / np.array([h.prompt_s[x] for x in sorted(h.prompt_s)]) - 1 for h, pp in zip(test, P)]
+    p_err = np.abs(np.concatenate(p_rel))
     b_err = np.abs(beta / np.array([h.beta_s for h in test]) - 1)
     per_model = [{"model": h.model.name, "keys": list(h.keys), "layout": h.strategy.describe(),
                   "beta_measured_s": h.beta_s, "beta_predicted_s": float(b),
                   "P1024_measured_s": h.prompt_s.get(1024), "P1024_predicted_s":
-                      float(pp[sorted(h.prompt_s).index(1024)]) if 1024 in h.prompt_s else None}
-                 for h, pp, b in zip(test, P, beta)]
+                      float(pp[sorted(h.prompt_s).index(1024)]) if 1024 in h.prompt_s else None,
+                  "prefill_median_signed_error": float(np.median(e))}
+                 for h, pp, b, e in zip(test, P, beta, p_rel)]
+    P_fit, beta_fit = predict_helm(train, res.params)
+    fit_err = np.abs(np.concatenate([pp / np.array([h.prompt_s[x] for x in sorted(h.prompt_s)]) - 1
+                                     for h, pp in zip(train, P_fit)]))
+    fit_beta_err = np.abs(beta_fit / np.array([h.beta_s for h in train]) - 1)
     return {"gpu": gpu, "fit_models": [h.model.name for h in train], "test_models": per_model,
             "prefill_median_error": float(np.median(p_err)), "prefill_max_error": float(p_err.max()),
             "beta_median_error": float(np.median(b_err)), "beta_max_error": float(b_err.max()),
+            "fit_models_prefill_median_error": float(np.median(fit_err)),
+            "fit_models_beta_median_error": float(np.median(fit_beta_err)),
             "fitted": {"values": res.values, "stderr": res.stderr}}
 
 

@@ -3,7 +3,10 @@
 runtime(p, o) = P(p) + beta x (o - 1)
   P(p): prefill of the p-token prompts, which also yields the first output token; mostly compute-bound.
   beta: one decode step for every sequence of the batch; mostly bound by reading weights and KV cache.
-Both come from the same per-layer roofline as training. With pipeline stages, a
+Both come from the same per-layer roofline as training (`layercost.layer_inference_cost`), with what
+inference adds where CostParams asks for it: a host floor per transformer block (an eager stack's batch-1
+decode is bound by issuing kernels, not by the GPU), GEMM row tiles and misaligned shapes in prefill, a
+decode's weight-streaming bandwidth, and logits of the last prompt position only. With pipeline stages, a
 prefill pipelines its micro-batches, (m - 1) x slowest + sum; a decode step
 cycles them, max(m x slowest, sum), since a sequence's next token needs its
 previous one to leave the last stage.
@@ -16,7 +19,7 @@ from hardware_profiles.topology import Cluster
 
 from .comm import p2p_s, with_network_efficiency
 from .pricing import CostContext, Estimate, StageEstimate
-from .layercost import LayerInferCost, Parallel, layer_infer_cost
+from .layercost import LayerInferCost, Parallel, layer_inference_cost
 from .layers import activation_bytes_per_token, kv_cache_bytes_per_token
 from .layout import StageLinks, resolve_layout
 from .model import ModelSpec
@@ -38,8 +41,12 @@ def _costs(model: ModelSpec, links: StageLinks, s: Strategy, w: Inference, ctx: 
                    ep_latency_s=links.ep_latency_s * p.collective_latency_factor)
     context = w.prompt_tokens + w.output_tokens / 2.0  # average context over the decode steps
     classes, index = model.layer_classes
-    per_class = [layer_infer_cost(lay, dev, par, p, sequences=mb, prompt_tokens=w.prompt_tokens, context=context,
-                                  decode=decode) for lay in classes]
+    per_class = []
+    for lay in classes:
+        # a prefill's head over the last position only prices like a one-token prompt
+        tokens = 1 if lay.kind == "head" and p.prefill_last_logits_only and not decode else w.prompt_tokens
+        per_class.append(layer_inference_cost(lay, dev, par, p, sequences=mb, prompt_tokens=tokens, context=context,
+                                              decode=decode))
     return [per_class[i] for i in index]
 
 
@@ -62,7 +69,22 @@ def max_sequences(weight_bytes: np.ndarray, kv_bytes_per_seq: np.ndarray, budget
     if not (kv_bytes_per_seq > 0).any():
         return _NO_LIMIT
     lo, hi = 0, 1
-    while fits(hi):
+    bracketed = False
+    # bracket from the pooled-memory estimate (exact for one stage, close for several): a few fits() calls
+    # instead of ~60; the bisection below decides either way, so the answer does not depend on the guess
+    guess = (float(np.sum(budget_bytes)) - float(np.sum(weight_bytes))) / float(np.sum(kv_bytes_per_seq))
+    if 1.0 <= guess < 2.0 ** 28:
+        g = int(guess)
+        if not fits(g):
+            hi, bracketed = g, True
+        else:
+            lo, step = g, 1
+            while lo + step <= 2 ** 29 and fits(lo + step):
+                lo, step = lo + step, step * 2
+            hi, bracketed = lo + step, lo + step <= 2 ** 29
+            if not bracketed:  # far above the estimate: double from scratch
+                lo, hi = 0, 1
+    while not bracketed and fits(hi):
         lo, hi = hi, hi * 2
         if hi > _NO_LIMIT:
             return _NO_LIMIT
@@ -110,6 +132,8 @@ def estimate_inference(model: ModelSpec, cluster: Cluster, strategy: Strategy, w
     tok_bytes = mb * model.hidden * b / s.tp
     if s.stages is not None:
         cuts = s.stages
+    elif pp == 1:
+        cuts = (0, L)
     else:
         res = partition(t_pre, weight=float(max(m - 1, 0)), layer_mem=layer_mem, mem_fixed=np.full(pp, reserved),
                         mem_cap=caps)

@@ -8,7 +8,7 @@ tensor-parallel and expert-parallel collectives the layer implies.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -293,3 +293,78 @@ def layer_infer_cost(lay: LayerSpec, dev: DevicePerf, par: Parallel, params: Cos
     params_local = split.replicated + split.tp_sharded / par.tp + split.expert / (par.ep * par.moe_tp)
     return LayerInferCost(compute_s=w.total_s + overhead, tp_comm_s=tp * (1.0 - params.tp_overlap),
                           params_local=params_local)
+
+
+def inference_gemm_extra_s(lay: LayerSpec, dev: DevicePerf, par: Parallel, params: CostParams, rows: Any, *,
+                           decode: bool) -> Any:
+    """Extra time of a layer's forward GEMMs over `rows` tokens in inference, beyond the training roofline.
+
+    Row tiles (prefill, `params.gemm_tile_rows`): a GEMM of M > tile rows runs ceil(M / tile) full row tiles, so
+    it costs what M rounded up to the tile costs; a GEMM of at most one tile gets a kernel sized to it.
+    Alignment (`params.gemm_misaligned_efficiency`): a block's GEMM whose local N or K is not a whole number of
+    16-byte vectors cannot use the vectorised tensor-core kernels and runs at that fraction of the GEMM
+    efficiency (the head is exempt: stacks pad the vocabulary to a multiple of 128 x TP).
+    Operand traffic (`params.gemm_memory_efficiency`): the achieved fraction of HBM bandwidth while a GEMM streams
+    its operands, where that differs from streaming elementwise kernels (a batch-1 decode's skinny GEMMs read
+    every weight once and reach less of the bandwidth than a copy). All off at the defaults."""
+    rows = np.asarray(rows, dtype=float)
+    zero = np.zeros_like(rows) if rows.ndim else 0.0
+    tile = 0 if decode else params.gemm_tile_rows
+    if lay.kind == "embedding" or (tile <= 1 and params.gemm_misaligned_efficiency == 1.0
+                                   and params.gemm_memory_efficiency <= 0.0):
+        return zero
+    vector = max(16 // dev.bytes_per_el, 1)
+    adjusted = dev
+    if params.gemm_memory_efficiency > 0.0:
+        adjusted = replace(dev, memory_gbps=dev.gpu.memory_bandwidth_gbps * params.gemm_memory_efficiency)
+    slow = replace(adjusted, gemm_efficiency=dev.gemm_efficiency * params.gemm_misaligned_efficiency)
+    extra = zero
+    for g in matmul_shapes(lay, par.tp, par.ep, par.moe_tp, par.ep_tokens):
+        m = rows * g.m_scale
+        padded = np.where(m > tile, np.ceil(m / tile) * tile, m) if tile > 1 else m
+        aligned = lay.kind != "transformer" or all(float(x).is_integer() and int(x) % vector == 0 for x in (g.n, g.k))
+        d = adjusted if aligned else slow
+        extra = extra + d.gemm_time_s(padded, g.n, g.k, g.count) - dev.gemm_time_s(m, g.n, g.k, g.count)
+    return extra
+
+
+def unfused_prefill_attention_s(lay: LayerSpec, dev: DevicePerf, par: Parallel, params: CostParams, *, rows: Any,
+                                context: float) -> Any:
+    """The attention core of an inference prefill without flash attention: the score matrix is written by
+    Q K^T, read and written by the (fused scale-mask-) softmax and read by the product with V, four trips in
+    the activation dtype; with no backward and no dropout nothing else of it is kept or re-read."""
+    b = dev.bytes_per_el
+    heads_local = lay.num_heads / par.tp
+    ctx = min(context, lay.attention_span) if lay.attention_span else context
+    cf = params.causal_factor if lay.causal else 1.0
+    flops = 4.0 * rows * ctx * heads_local * lay.head_dim * cf
+    io = rows * (lay.num_heads * 2 + lay.num_kv_heads * 2) * lay.head_dim * b / par.tp
+    io = io + rows * ctx * heads_local * 4 * b * cf
+    return dev.attention_time_s(flops, io)
+
+
+def layer_inference_cost(lay: LayerSpec, dev: DevicePerf, par: Parallel, params: CostParams, *, sequences: int,
+                         prompt_tokens: int, context: float, decode: bool) -> LayerInferCost:
+    """One layer's forward in inference (a prefill of `prompt_tokens` per sequence, or one decode step).
+
+    Beyond `layer_infer_cost`: the prefill's unfused attention moves its scores as inference does
+    (`unfused_prefill_attention_s`), its GEMMs run whole row tiles (`params.gemm_tile_rows`), and a transformer
+    block takes at least the host's time to issue it (`params.infer_host_layer_s` / `decode_host_layer_s`, plus
+    `infer_host_collective_s` per tensor- or expert-parallel collective): kernels launch asynchronously, so
+    GPU work below that floor hides behind the host; the wait is booked as compute.
+    """
+    c = layer_infer_cost(lay, dev, par, params, sequences=sequences, prompt_tokens=prompt_tokens, context=context,
+                         decode=decode)
+    compute = c.compute_s
+    rows = float(sequences) * (1 if decode else prompt_tokens)
+    if not decode and lay.kind == "transformer" and not params.flash_attention:
+        w = forward_work(lay, dev, par, params, rows=rows, context=prompt_tokens, causal=True)
+        compute = compute - float(w.attention_s) + float(unfused_prefill_attention_s(
+            lay, dev, par, params, rows=rows, context=prompt_tokens))
+    compute = compute + float(inference_gemm_extra_s(lay, dev, par, params, rows, decode=decode))
+    if lay.kind == "transformer":
+        collectives = (2 if par.tp > 1 else 0) + (2 if lay.is_moe and par.ep > 1 and par.ep_mode == "dp" else 0)
+        host = (params.decode_host_layer_s if decode else params.infer_host_layer_s) \
+            + collectives * params.infer_host_collective_s
+        compute = compute + max(host - (compute + c.tp_comm_s), 0.0)
+    return LayerInferCost(compute_s=compute, tp_comm_s=c.tp_comm_s, params_local=c.params_local)

@@ -83,6 +83,26 @@ class CostParams:
     # per-GPU-type host floor per transformer block and micro-batch (forward + backward), ((catalog name, s), ...),
     # applied in costmodel.layercost: the host (CPU, driver, framework) is part of the node type
     gpu_host_layer_s: tuple[tuple[str, float], ...] = ()
+    # inference host floor: host time to issue one transformer block's forward in a prefill, and in a decode
+    # step, plus this much per tensor-parallel collective the block issues. Kernels launch asynchronously, so
+    # the block's GPU work hides behind the host's (a block takes the larger of the two, not their sum); a
+    # batch-1 decode in an eager stack (Megatron-LM's text generation) is host-bound. 0 = the host keeps ahead
+    infer_host_layer_s: float = 0.0
+    decode_host_layer_s: float = 0.0
+    infer_host_collective_s: float = 0.0
+    # row-tile height of the inference GEMM kernels: a prefill's GEMMs over M > tile rows run ceil(M / tile)
+    # row tiles, so time steps with the prompt length (cuBLAS fp16 tensor-core kernels on Volta/Ampere tile
+    # M by 128). GEMMs of at most one tile use a kernel sized to them. 0 = no quantization
+    gemm_tile_rows: int = 0
+    # inference GEMMs whose local N or K is not a whole number of 16-byte vectors (fp16: a multiple of 8, e.g.
+    # YaLM's 27308-wide MLP split four ways) run at this fraction of gemm_efficiency; 1.0 = no penalty
+    gemm_misaligned_efficiency: float = 1.0
+    # inference GEMMs: achieved fraction of HBM bandwidth while streaming their operands (a batch-1 decode's
+    # skinny GEMMs, bound by reading the weights once); 0 = memory_efficiency
+    gemm_memory_efficiency: float = 0.0
+    # a prefill computes the logits of the last prompt position only (what generating the first token needs;
+    # serving stacks skip the head elsewhere) rather than of every prompt position
+    prefill_last_logits_only: bool = False
 
     def replace(self, **changes: Any) -> "CostParams":
         return replace(self, **changes)
