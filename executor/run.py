@@ -241,9 +241,10 @@ class Trainer:
         self.pp_scales_grads = True
         self.graphs = session.compiled and _cuda_graphs()
         self.forward_loss = None  # (inputs, targets) -> loss / n_micro: model and loss compiled as one graph
-        # weights cast once per step rather than per micro-batch (`cast_weights`); FSDP gathers them per forward
+        # weights cast once per step rather than per micro-batch (`cast_weights`); FSDP gathers them per forward,
+        # and CUDA graphs would copy fresh copies into their static inputs at every replay
         self.casts_weights = (session.autocast and session.compute_dtype != torch.float32 and session.shape.dp == 1
-                              and os.environ.get("PARPLAN_STEP_CASTS", "1") == "1")
+                              and not self.graphs and os.environ.get("PARPLAN_STEP_CASTS", "1") == "1")
         if session.compiled and compiles_with_loss(session.shape, session.compile_scope):
             model = session.parts[0].module
             if self.graphs:
