@@ -54,7 +54,8 @@ class Layout:
 
 def _ep_options(model: ModelSpec, tp: int, dp: int, space: SearchSpace, is_moe: bool | None = None
                 ) -> list[tuple[int, str]]:
-    """(ep, EP convention) pairs for a mesh; `is_moe`: `model.is_moe`, when the caller has it already."""
+    """(ep, EP convention) pairs for a mesh; `is_moe`: `model.is_moe`, when the caller has it already. None
+    for an MoE model whose experts no pair splits evenly (e.g. tp not dividing the expert width)."""
     if not (model.is_moe if is_moe is None else is_moe):
         return [(1, "dp")]
     experts = [b.num_experts for b in model.blocks if b.is_moe]
@@ -73,7 +74,7 @@ def _ep_options(model: ModelSpec, tp: int, dp: int, space: SearchSpace, is_moe: 
             if ep == 1 and mode == "tp":
                 continue  # same as ep=1 in dp mode
             out.append((ep, mode))
-    return out or [(1, "dp")]
+    return out
 
 
 def node_orders(cluster: Cluster, limit: int) -> list[tuple[int, ...] | None]:
