@@ -15,6 +15,7 @@ import numpy as np
 
 _TOL = 1e-9  # slack of the floor in kmax (absorbs rounding where t lands on a jump)
 _BISECTION_STEPS = 52  # halvings that take the window below 1e-15 of the range
+_SMALL = 1024  # (groups x stages) below which merging identical stages costs more than it saves
 
 
 def blocks_under(t: np.ndarray, base: np.ndarray, c_safe: np.ndarray) -> np.ndarray:
@@ -22,17 +23,20 @@ def blocks_under(t: np.ndarray, base: np.ndarray, c_safe: np.ndarray) -> np.ndar
     return np.floor((t[:, None] - base) / c_safe + _TOL)
 
 
-def _feasible(t: np.ndarray, base: np.ndarray, c_safe: np.ndarray, lo: np.ndarray, N: int) -> np.ndarray:
+def _feasible(t: np.ndarray, base: np.ndarray, c_safe: np.ndarray, lo: np.ndarray, N: int,
+              count: np.ndarray | None = None) -> np.ndarray:
+    """Whether threshold t admits a split; `count`: how many identical stages each column stands for."""
     k = np.minimum(blocks_under(t, base, c_safe), N)
-    return (k >= lo).all(axis=1) & (k.sum(axis=1) >= N)
+    return (k >= lo).all(axis=1) & ((k if count is None else k * count).sum(axis=1) >= N)
 
 
 def bisect_threshold(base: np.ndarray, c_safe: np.ndarray, lo: np.ndarray, N: int, low: np.ndarray,
-                     hi: np.ndarray, steps: int = _BISECTION_STEPS) -> tuple[np.ndarray, np.ndarray]:
+                     hi: np.ndarray, steps: int = _BISECTION_STEPS, count: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """Plain bisection: `low` infeasible (or 0), `hi` feasible; returns the narrowed (low, hi)."""
     for _ in range(steps):
         mid = 0.5 * (low + hi)
-        ok = _feasible(mid, base, c_safe, lo, N)
+        ok = _feasible(mid, base, c_safe, lo, N, count)
         hi = np.where(ok, mid, hi)
         low = np.where(ok, low, mid)
     return low, hi
@@ -60,12 +64,14 @@ def least_feasible_threshold(base: np.ndarray, c: np.ndarray, lo: np.ndarray, N:
                & (hi0 <= hi))
     low = np.where(use, np.maximum(low0, 0.0), low)
     hi = np.where(use, hi0, hi)
+    # from here on only whether stages differ matters: identical stages become one column and a count
+    base, c, c_safe, lo, count = _distinct_stages(base, c, c_safe, lo)
     # 1. bisect until the window (low, hi] holds at most one jump of each stage
     narrow = 0.5 * c_min
     for _ in range(2 * _BISECTION_STEPS):
         if not ((hi - low) > narrow).any():
             break
-        low, hi = bisect_threshold(base, c_safe, lo, N, low, hi, steps=1)
+        low, hi = bisect_threshold(base, c_safe, lo, N, low, hi, steps=1, count=count)
     # 2. order the jumps inside the window and find the first after which the split is feasible
     k_low = blocks_under(low, base, c_safe)
     k_hi = blocks_under(hi, base, c_safe)
@@ -78,10 +84,11 @@ def least_feasible_threshold(base: np.ndarray, c: np.ndarray, lo: np.ndarray, N:
         return np.take(x, by_time)
 
     at = in_order(jump_at)
-    adds = in_order(jumped & (k_low < N)).cumsum(axis=1, dtype=float)  # blocks gained (floats, as need_blocks)
-    fixes = in_order(jumped & (k_low < lo) & (k_hi >= lo)).cumsum(axis=1)
-    need_blocks = N - np.minimum(k_low, N).sum(axis=1)
-    need_fixes = (k_low < lo).sum(axis=1)
+    # blocks gained and stages brought up to their least, in jump order (floats, as need_blocks)
+    adds = in_order((jumped & (k_low < N)) * count).cumsum(axis=1, dtype=float)
+    fixes = in_order((jumped & (k_low < lo) & (k_hi >= lo)) * count).cumsum(axis=1)
+    need_blocks = N - (np.minimum(k_low, N) * count).sum(axis=1)
+    need_fixes = ((k_low < lo) * count).sum(axis=1)
     nxt = np.concatenate([at[:, 1:], np.full((G, 1), np.inf)], axis=1)
     run_end = np.isfinite(at) & (nxt != at)  # count equal jumps together
     ok = run_end & (adds >= need_blocks[:, None]) & (fixes >= need_fixes[:, None])
@@ -94,10 +101,44 @@ def least_feasible_threshold(base: np.ndarray, c: np.ndarray, lo: np.ndarray, N:
     prev = np.where(first > 0, ends_so_far[rows, np.maximum(first - 1, 0)], -np.inf)  # previous distinct jump
     t_before = 0.5 * (np.where(np.isfinite(prev), prev, low) + t_at)
     # 3. check; where the window was not narrow enough (zero-time blocks) or rounding got in the way, bisect
-    good = ((k_hi - k_low) <= 1).all(axis=1) & (ok.any(axis=1) | none_needed) & _feasible(t, base, c_safe, lo, N)
-    good &= none_needed | ~_feasible(t_before, base, c_safe, lo, N)
+    good = ((k_hi - k_low) <= 1).all(axis=1) & (ok.any(axis=1) | none_needed)
+    good &= _feasible(t, base, c_safe, lo, N, count) & (none_needed | ~_feasible(t_before, base, c_safe, lo, N, count))
     if not good.all():
         bad = np.flatnonzero(~good)
         _, t[bad] = bisect_threshold(base[bad], c_safe[bad], lo, N, np.zeros(len(bad)),
-                                     (base[bad] + N * c[bad]).max(axis=1))
+                                     (base[bad] + N * c[bad]).max(axis=1), count=count)
     return t
+
+
+def _distinct_stages(base: np.ndarray, c: np.ndarray, c_safe: np.ndarray, lo: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(base, c, c_safe, lo) keeping one of each set of stages that are identical in every group, and the
+    number of stages each kept one stands for (`count`, (p',) float). Stages of a pipeline mostly repeat a few
+    kinds (first, last, behind an intra- or an inter-node link), so the search runs on a few columns."""
+    G, p = base.shape
+    count = np.ones(p)
+    if p <= 2 or G * p < _SMALL:
+        return base, c, c_safe, lo, count
+    per_stage = c.shape[1] == p
+    probe = np.arange(1.0, G + 1.0)[:, None]  # any weights: equal columns get equal keys, checked below
+    keys = [(base * probe).sum(axis=0), lo]
+    if per_stage:
+        keys.append((c * probe).sum(axis=0))
+    keys = np.stack(keys)
+    order = np.lexsort(keys)
+    in_order = keys[:, order]
+    starts = np.ones(p, dtype=bool)
+    starts[1:] = (in_order[:, 1:] != in_order[:, :-1]).any(axis=0)
+    if starts.all():
+        return base, c, c_safe, lo, count
+    first = order[starts]  # one stage of each kind
+    inv = np.empty(p, dtype=np.int64)
+    inv[order] = np.cumsum(starts) - 1  # the kind of each stage
+    rep = first[inv]
+    same = (base == base[:, rep]).all() and (lo == lo[rep]).all() and (not per_stage or (c == c[:, rep]).all())
+    if not same:
+        return base, c, c_safe, lo, count
+    count = np.bincount(inv, minlength=len(first)).astype(float)
+    if per_stage:
+        c, c_safe = c[:, first], c_safe[:, first]
+    return base[:, first], c, c_safe, lo[first], count

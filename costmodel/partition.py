@@ -50,7 +50,7 @@ class _Stages:
         # the k cheapest layers of each stage bound how many layers fit under a threshold or in memory
         self.min_time_prefix = np.concatenate([zeros, np.cumsum(np.sort(layer_time, axis=1), axis=1)], axis=1)
         self.min_mem_prefix = np.concatenate([zeros, np.cumsum(np.sort(layer_mem, axis=1), axis=1)], axis=1)
-        self._bands: dict[int, np.ndarray] = {}
+        self._band: np.ndarray | None = None
 
     def width(self, threshold: float) -> int:
         longest = self.L - self.p + 1
@@ -61,17 +61,15 @@ class _Stages:
         return max(1, min(w, longest))
 
     def band(self, w: int) -> np.ndarray:
-        """(p, L+1, w) stage costs, kept for the last width asked (a search asks one width at a time)."""
-        if w not in self._bands:
-            n = self.L + 1
-            b = np.arange(n)[:, None]
-            a = b - np.arange(1, w + 1)[None, :]  # (n, w)
-            ok = a >= 0
-            ac = np.where(ok, a, 0)
-            cost = self.P[:, b] - self.P[:, ac] + self.out[:, b] + self.inn[:, ac]
-            mem = self.M[:, b] - self.M[:, ac] + self.fixed[:, None, None]
-            self._bands = {w: np.where(ok[None] & (mem <= self.cap[:, None, None]), cost, _INF)}
-        return self._bands[w]
+        """(p, L+1, w) stage costs. The widest band asked so far is kept and narrower ones are its leading
+        columns (column d - 1 does not depend on the width)."""
+        if self._band is None or self._band.shape[2] < w:
+            ends = (slice(None), slice(None), None)  # stage j ends at b: (p, L+1, 1)
+            cost = self.P[ends] - _before(self.P, w, 0.0) + self.out[ends] + _before(self.inn, w, 0.0)
+            mem = self.M[ends] - _before(self.M, w, 0.0) + self.fixed[:, None, None]
+            ok = np.arange(self.L + 1)[:, None] >= np.arange(1, w + 1)[None, :]  # the stage starts at >= 0
+            self._band = np.where(ok[None] & (mem <= self.cap[:, None, None]), cost, _INF)
+        return self._band[:, :, :w]
 
     def cost(self, j: int, a: int, b: int) -> float:
         if b <= a or self.M[j, b] - self.M[j, a] + self.fixed[j] > self.cap[j]:
@@ -79,13 +77,24 @@ class _Stages:
         return float(self.P[j, b] - self.P[j, a] + self.out[j, b] + self.inn[j, a])
 
 
-def _gather_prev(f: np.ndarray, w: int) -> np.ndarray:
-    """f[..., b - d] for d = 1..w as (..., n, w), inf where b - d < 0."""
+def _before(f: np.ndarray, w: int, fill: float) -> np.ndarray:
+    """f[..., b - d] for d = 1..w as a (..., n, w) view, `fill` where b - d < 0."""
+    padded = np.concatenate([np.full(f.shape[:-1] + (w,), fill), f], axis=-1)
     n = f.shape[-1]
-    idx = np.arange(n)[:, None] - np.arange(1, w + 1)[None, :]
-    out = f[..., np.maximum(idx, 0)]
-    out[..., idx < 0] = _INF
-    return out
+    return np.lib.stride_tricks.sliding_window_view(padded, w, axis=-1)[..., :n, ::-1]
+
+
+class _Previous:
+    """A DP row f (..., n) and the view f[..., b - d] for d = 1..w as (..., n, w), inf where b - d < 0: the
+    view is made once and shows whatever row is `set` last."""
+
+    def __init__(self, shape: tuple[int, ...], w: int):
+        self._padded = np.full(shape[:-1] + (w + shape[-1],), _INF)
+        self._w = w
+        self.view = np.lib.stride_tricks.sliding_window_view(self._padded, w, axis=-1)[..., :shape[-1], ::-1]
+
+    def set(self, f: np.ndarray) -> None:
+        self._padded[..., self._w:] = f
 
 
 def _bottleneck(st: _Stages, w: int) -> float:
@@ -93,8 +102,10 @@ def _bottleneck(st: _Stages, w: int) -> float:
     G = st.band(w)
     g = np.full(st.L + 1, _INF)
     g[0] = 0.0
+    prev = _Previous(g.shape, w)
     for j in range(st.p):
-        g = np.min(np.maximum(_gather_prev(g, w), G[j]), axis=1)
+        prev.set(g)
+        g = np.min(np.maximum(prev.view, G[j]), axis=1)
     return float(g[-1])
 
 
@@ -107,11 +118,12 @@ def _min_sum(st: _Stages, thresholds: np.ndarray, w: int) -> tuple[np.ndarray, l
     f[:, 0] = 0.0
     lim = (thresholds * _TOL)[:, None, None]
     choices = []
+    prev = _Previous(f.shape, w)
     for j in range(st.p):
-        cand = _gather_prev(f, w) + np.where(G[j][None] <= lim, G[j][None], _INF)  # (T, n, w)
-        arg = np.argmin(cand, axis=2)
-        f = np.take_along_axis(cand, arg[:, :, None], axis=2)[:, :, 0]
-        choices.append(arg)
+        prev.set(f)
+        cand = prev.view + np.where(G[j][None] <= lim, G[j][None], _INF)  # (T, n, w)
+        choices.append(np.argmin(cand, axis=2))
+        f = cand.min(axis=2)  # the value argmin picks
     return f[:, -1], choices
 
 
@@ -284,22 +296,42 @@ def split_fits(need: np.ndarray, budget: np.ndarray) -> bool:
     in flight differ by stage). Exact: the layer boundaries reachable after each stage, as a boolean array
     (taking the longest prefix per stage is not: a small stage early can leave room for a large one later)."""
     budget = np.asarray(budget, dtype=float)
-    p = len(budget)
-    need = np.broadcast_to(np.asarray(need, dtype=float), (p, np.shape(need)[-1]))
-    L = need.shape[1]
-    reach = np.zeros(L + 1, dtype=bool)
-    reach[0] = True
+    return bool(splits_fit(np.asarray(need, dtype=float)[None], budget[None])[0])
+
+
+def splits_fit(need: np.ndarray, budget: np.ndarray) -> np.ndarray:
+    """`split_fits` of R problems with the same number of stages and layers at once: need (R, p, L) or
+    (R, L) bytes (>= 0), budget (R, p); (R,) bool."""
+    need, budget = np.asarray(need, dtype=float), np.asarray(budget, dtype=float)
+    R, p = budget.shape
+    L = np.shape(need)[-1]
+    prefix = np.zeros((p, R, L + 1))  # stage-major, so each stage's rows are one block
+    per_stage = need[:, None] if need.ndim == 2 else need
+    np.cumsum(np.broadcast_to(np.moveaxis(per_stage, 1, 0), (p, R, L)), axis=2, out=prefix[..., 1:])
+    # furthest boundary a stage starting at each boundary can reach (its layers' bytes within the budget)
+    ends = _count_at_most(prefix, prefix + budget.T[..., None] * _TOL).reshape(p, -1) - 1
+    at = np.arange(L + 1)
+    row_start = np.arange(R)[:, None] * (L + 1)
+    reach = np.broadcast_to(at == 0, (R, L + 1))
     for j in range(p):
-        prefix = np.concatenate([[0.0], np.cumsum(need[j])])
-        starts = np.flatnonzero(reach)
-        if starts.size == 0:
-            return False
-        ends = np.searchsorted(prefix, prefix[starts] + budget[j] * _TOL, side="right") - 1  # furthest end
-        ok = ends > starts
-        # each start reaches the boundaries (start, end]: +1 after the start, -1 after the end, summed
-        diff = np.bincount(starts[ok] + 1, minlength=L + 2) - np.bincount(ends[ok] + 1, minlength=L + 2)
-        reach = np.cumsum(diff)[:L + 1] > 0
-    return bool(reach[L])
+        # the furthest end never decreases with the start, so boundary b is reachable iff the last reachable
+        # boundary before b reaches it
+        last = np.maximum.accumulate(np.where(reach, at, -1), axis=1)[:, :-1]  # before b = 1..L
+        reach = np.zeros((R, L + 1), dtype=bool)
+        reach[:, 1:] = (last >= 0) & (np.take(ends[j], np.maximum(last, 0) + row_start) >= at[1:])
+    return reach[:, L]
+
+
+def _count_at_most(rows: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """For rows sorted ascending along the last axis: how many of a row's values are <= each q (the same
+    shape as rows), i.e. searchsorted(row, q, side="right") row by row, from one sort of each row merged with
+    its queries (stable, so on ties the row's value comes first)."""
+    n = rows.shape[-1]
+    order = np.argsort(np.concatenate([rows, q], axis=-1), axis=-1, kind="stable")
+    seen = np.cumsum(order < n, axis=-1)  # row values at or before each sorted position
+    out = np.empty_like(seen)
+    np.put_along_axis(out, order, seen, axis=-1)
+    return out[..., n:]
 
 
 def even_partition(num_layers: int, p: int) -> tuple[int, ...]:

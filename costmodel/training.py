@@ -39,7 +39,7 @@ from .layertimes import find as find_layer_times
 from .layers import attention_flops_per_token, model_flops_per_token, param_split
 from .layout import StageLinks, resolve_layout
 from .model import ModelSpec
-from .partition import even_partition, partition, split_fits
+from .partition import even_partition, partition, splits_fit
 from .strategy import Strategy
 from .workload import Training
 
@@ -419,14 +419,22 @@ def _uniform_cuts(T: np.ndarray, extra: np.ndarray, num_blocks: int) -> np.ndarr
 
 def _uniform_cuts_memo(T: np.ndarray, extra: np.ndarray, num_blocks: int, memo: dict | None) -> np.ndarray:
     """`_uniform_cuts`, answered from `memo` when the very same batch was split before: with interleaving, a
-    search meets the same chunks again under other (pp, v) of equal pp * v (their chunks cost the same)."""
+    search meets the same chunks again under other (pp, v) of equal pp * v (their chunks cost the same). Batches
+    are filed by their sums (hashing the whole arrays would cost more than most lookups save) and compared bit
+    for bit."""
     if memo is None:
         return _uniform_cuts(T, extra, num_blocks)
-    key = ("uniform_cuts", T.shape, num_blocks, T.tobytes(), extra.tobytes())
-    cuts = memo.get(key)
-    if cuts is None:
-        cuts = memo[key] = _uniform_cuts(T, extra, num_blocks)
+    key = ("uniform_cuts", T.shape, num_blocks, float(T.sum()), float(extra.sum()))
+    hit = memo.get(key)
+    if hit is not None and _same_bits(hit[0], T) and _same_bits(hit[1], extra):
+        return hit[2]
+    cuts = _uniform_cuts(T, extra, num_blocks)
+    memo[key] = (T.copy(), extra.copy(), cuts)
     return cuts
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and np.array_equal(a.view(np.uint64), np.ascontiguousarray(b).view(np.uint64))
 
 
 def _front_loaded_prefix(kmax: np.ndarray, lo: np.ndarray, N: int) -> np.ndarray:
@@ -1000,36 +1008,85 @@ def memory_aware_split(model: ModelSpec, workload: Training, ctx: CostContext, i
                        ) -> tuple[int, ...] | None:
     """`memory_aware_cuts` for one strategy given as its mesh layout, cost key (a `Strategy` will do), data
     parallelism, ZeRO stage and schedule, with its stages' layer-class costs C (p, K, 6)."""
-    m = workload.global_batch // dp // key.micro_batch
-    p = len(info.links)
+    problems = memory_split_problems(model, workload, ctx, [info], C[None], [key], [dp], [zero], [schedule], usable)
+    return memory_aware_splits(model, workload, problems)[0]
+
+
+class MemorySplitProblems(NamedTuple):
+    """R strategies' splits of layers under memory limits, all with p stages: per-stage layer times and bytes
+    (R, p, L), what each stage holds besides its layers (R,) and what it may hold (R, p)."""
+
+    infos: Sequence[LayoutInfo]
+    keys: Sequence[CostKey | Strategy]
+    m: np.ndarray  # (R,) micro-batches per step
+    t_layer: np.ndarray
+    layer_mem: np.ndarray
+    reserved: np.ndarray
+    caps: np.ndarray
+
+    @property
+    def budget(self) -> np.ndarray:
+        """(R, p) bytes left to each stage's layers."""
+        return self.caps - self.reserved[:, None]
+
+
+def memory_split_problems(model: ModelSpec, workload: Training, ctx: CostContext, infos: Sequence[LayoutInfo],
+                          C: np.ndarray, keys: Sequence[CostKey | Strategy], dp: Sequence[int], zero: Sequence[int],
+                          schedule: Sequence[str], usable: float = 1.0) -> MemorySplitProblems:
+    """The memory-aware split problems of R strategies with p stages (see `memory_aware_split`), given as their
+    mesh layouts, cost keys, data parallelism, ZeRO stages and schedules, with layer-class costs C (R, p, K, 6)."""
+    dp, zero = [int(d) for d in dp], [int(z) for z in zero]
+    R, p = C.shape[:2]
+    m = np.array([workload.global_batch // d // k.micro_batch for d, k in zip(dp, keys)])
     _, cls_index = model.layer_classes
     cls_index = np.asarray(cls_index)
-    t_layer = (C[..., FWD] + C[..., BWD] + C[..., REC] + C[..., TPC] + C[..., EPC])[:, cls_index]
-    act_layer = C[..., ACT][:, cls_index]
+    t_layer = (C[..., FWD] + C[..., BWD] + C[..., REC] + C[..., TPC] + C[..., EPC])[:, :, cls_index]
+    act_layer = C[..., ACT][:, :, cls_index]
     seq = workload.seq_len or model.seq_len
-    dense_cls, expert_cls, max_layer = _class_params_cached(model, key, seq, ctx)
+    params = [_class_params_cached(model, k, seq, ctx) for k in keys]
     sb = static_bytes(workload)
-    zeros = np.array([zero])
-    ways = max(dp // key.ep, 1) if key.ep_mode == "dp" else dp  # expert replication (see `expert_ways`)
-    # ZeRO-z shards weights (z >= 3), gradients (z >= 2) and optimizer state (z >= 1) over the replicas
-    wd, gd, od = (float(dp) if zero >= least else 1.0 for least in (3, 2, 1))
-    we, ge, oe = (float(ways) if zero >= least else 1.0 for least in (3, 2, 1))
-    static = dense_cls[cls_index] * (sb.weights / wd + sb.gradients / gd + sb.optimizer / od) + \
-        expert_cls[cls_index] * (sb.weights / we + sb.gradients / ge + sb.optimizer / oe)
-    flight = in_flight(np.array([SCHEDULE_CODES[schedule]]), p, np.array([m]), np.array([1]))[0, 0]
-    layer_mem = static[None, :] + flight[:, None] * act_layer
+    dense_bytes, expert_bytes = [], []  # bytes of model state per parameter, after ZeRO sharding
+    for k, d, z in zip(keys, dp, zero):
+        ways = max(d // k.ep, 1) if k.ep_mode == "dp" else d  # expert replication (see `expert_ways`)
+        # ZeRO-z shards weights (z >= 3), gradients (z >= 2) and optimizer state (z >= 1) over the replicas
+        wd, gd, od = (float(d) if z >= least else 1.0 for least in (3, 2, 1))
+        we, ge, oe = (float(ways) if z >= least else 1.0 for least in (3, 2, 1))
+        dense_bytes.append(sb.weights / wd + sb.gradients / gd + sb.optimizer / od)
+        expert_bytes.append(sb.weights / we + sb.gradients / ge + sb.optimizer / oe)
+    static = (np.array([c[0] for c in params])[:, cls_index] * np.array(dense_bytes)[:, None]
+              + np.array([c[1] for c in params])[:, cls_index] * np.array(expert_bytes)[:, None])
+    codes = np.array([[SCHEDULE_CODES[x]] for x in schedule])
+    flight = in_flight(codes, p, m, np.ones(R, dtype=np.int64))[:, 0]  # (R, p)
+    layer_mem = static[:, None, :] + flight[:, :, None] * act_layer
     head = model.layers[-1]
     if head.kind == "head" and head.tied:
-        tied_copy = head.vocab * head.hidden / key.tp
-        layer_mem[1:, -1] += tied_copy * (sb.weights / wd + sb.gradients / gd + sb.optimizer / od)
-    reserved = float(_reserved(ctx.params.memory_reserved_bytes, zeros, np.array([max_layer]), sb)[0, 0])
-    caps = info.caps * usable
-    if not split_fits(layer_mem, caps - reserved):
-        return None
+        tied_bytes = [head.vocab * head.hidden / k.tp * b for k, b in zip(keys, dense_bytes)]
+        layer_mem[:, 1:, -1] += np.array(tied_bytes)[:, None]
+    reserved = _reserved(ctx.params.memory_reserved_bytes, np.array(zero)[:, None],
+                         np.array([c[2] for c in params]), sb)[:, 0]
+    caps = np.array([info.caps for info in infos]) * usable
+    return MemorySplitProblems(infos=infos, keys=keys, m=m, t_layer=t_layer, layer_mem=layer_mem,
+                               reserved=reserved, caps=caps)
+
+
+def memory_aware_splits(model: ModelSpec, workload: Training, problems: MemorySplitProblems
+                        ) -> list[tuple[int, ...] | None]:
+    """`memory_aware_split` of each problem: the reachability test that rules out the hopeless ones runs for
+    all of them at once, the DP for the rest."""
+    fits = splits_fit(problems.layer_mem, problems.budget)
+    return [_solve_memory_split(model, workload, problems, r) if ok else None for r, ok in enumerate(fits.tolist())]
+
+
+def _solve_memory_split(model: ModelSpec, workload: Training, problems: MemorySplitProblems, r: int
+                        ) -> tuple[int, ...] | None:
+    """AMP's pipeline DP under problem r's memory limits: the cut points, or None when no split fits."""
+    info, key = problems.infos[r], problems.keys[r]
+    p = len(info.links)
     bnd = _boundary_bytes(model, workload, np.array([key.micro_batch]), np.array([key.tp]))[0]
     out, inn = _p2p_matrices(bnd, info.nb_bw, info.nb_lat, p)
-    res = partition(t_layer, weight=float(m - 1), out_cost=out, in_cost=inn, layer_mem=layer_mem,
-                    mem_fixed=np.full(p, reserved), mem_cap=caps)
+    res = partition(problems.t_layer[r], weight=float(problems.m[r] - 1), out_cost=out, in_cost=inn,
+                    layer_mem=problems.layer_mem[r], mem_fixed=np.full(p, problems.reserved[r]),
+                    mem_cap=problems.caps[r])
     return res.boundaries if res.feasible else None
 
 

@@ -17,6 +17,7 @@ Inference: every (GPU count, layout, micro-batch) is priced by `estimate`.
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -32,9 +33,9 @@ from costmodel.model import ModelSpec
 from costmodel.params import CostParams
 from costmodel.strategy import Strategy
 from costmodel.training import (SCHEDULE_CODES, Bases, CostKey, LayoutInfo, all_splits, assemble, breakdown_arrays,
-                                breakdown_at, build_stage_batch, estimate_training, layout_info, memory_aware_split,
-                                model_flops_per_step, peak_flops, prime_class_costs, stage_class_costs, take_pairs,
-                                take_rows)
+                                breakdown_at, build_stage_batch, estimate_training, layout_info, memory_aware_splits,
+                                memory_split_problems, model_flops_per_step, peak_flops, prime_class_costs,
+                                stage_class_costs, take_pairs, take_rows)
 from costmodel.workload import Inference, Training
 from hardware_profiles.topology import Cluster
 
@@ -519,7 +520,7 @@ def plan(model: ModelSpec | str, cluster: Cluster | str, workload: Training | In
     out.update((k, v[order]) for k, v in cols.items() if k not in _INTERNAL_COLUMNS)
     key = cols["_key"][order] if "_key" in cols else None
     out.pop("_key", None)
-    df = pd.DataFrame(out)
+    df = pd.DataFrame(_typed_text(out) if kind == "training" else out)
 
     best_row = df.iloc[0]
     best = _finalize(best_row, model, cluster, workload, ctx, cache, objective, None if key is None else key[0])
@@ -533,6 +534,24 @@ def plan(model: ModelSpec | str, cluster: Cluster | str, workload: Training | In
     return PlanResult(best=best, candidates=df, runner_up=runner, objective=objective,
                       search_time_s=time.perf_counter() - t0, constraints=constraints, cluster=cluster,
                       params=ctx.params, profiles=ctx.profiles)
+
+
+# object columns of training candidates, every value a str
+_TEXT_COLUMNS = ("ep_mode", "schedule", "recompute", "placement", "stages", "reason")
+
+
+def _typed_text(out: dict[str, np.ndarray]) -> dict[str, Any]:
+    """`out` with its text columns already of the dtype pandas infers for text (its string dtype where text is
+    not plain object): a DataFrame built from object arrays first scans every value for dates and numbers."""
+    text = _text_dtype()
+    if text == object:
+        return out
+    return {k: pd.array(v, dtype=text, copy=False) if k in _TEXT_COLUMNS else v for k, v in out.items()}
+
+
+@functools.cache
+def _text_dtype() -> Any:
+    return pd.Series(np.array(["text"], dtype=object)).dtype
 
 
 def _ranking(cols: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -620,14 +639,11 @@ def _memory_aware_splits(cols: Mapping[str, np.ndarray], idx: np.ndarray, model:
     """(candidate, cut points) of the candidates `idx` (one pipeline depth) that some split fits in memory."""
     bases = _bases_at(cols, idx, int(cols["pp"][idx[0]]), tables)
     C, _ = stage_class_costs(model, workload, ctx, bases)
-    out = []
-    for r, i in enumerate(idx.tolist()):
-        cuts = memory_aware_split(model, workload, ctx, tables.infos[bases.layout[r]], C[r],
-                                  tables.keys[bases.key[r]], int(bases.dp[r]), int(cols["zero"][i]),
-                                  cols["schedule"][i], usable)
-        if cuts is not None:
-            out.append((i, cuts))
-    return out
+    problems = memory_split_problems(model, workload, ctx, [tables.infos[i] for i in bases.layout.tolist()], C,
+                                     [tables.keys[k] for k in bases.key.tolist()], bases.dp.tolist(),
+                                     cols["zero"][idx].tolist(), cols["schedule"][idx].tolist(), usable)
+    cuts = memory_aware_splits(model, workload, problems)
+    return [(i, c) for i, c in zip(idx.tolist(), cuts) if c is not None]
 
 
 def _formatted(values: np.ndarray, fmt: str) -> np.ndarray:

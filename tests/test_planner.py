@@ -614,3 +614,67 @@ def test_cli_bad_input_returns_2_with_a_message(capsys, argv, needle):
     assert captured.err.startswith("error:")
     assert needle in captured.err
     assert "Traceback" not in captured.err
+
+
+# ----------------------------------------------------------------------------------------------
+# the search's batched shortcuts give what one problem at a time gives
+# ----------------------------------------------------------------------------------------------
+@fast(150)
+@given(st.integers(1, 6), st.integers(1, 5), st.integers(0, 12), st.integers(0, 2**32 - 1), st.booleans())
+def test_splits_fit_of_a_batch_is_split_fits_of_each(R, p, extra_layers, seed, per_stage):
+    from costmodel.partition import split_fits, splits_fit
+
+    rng = np.random.default_rng(seed)
+    L = p + extra_layers
+    need = rng.integers(0, 4, (R, p, L) if per_stage else (R, L)).astype(float)  # whole numbers: ties happen
+    budget = rng.integers(1, 12, (R, p)).astype(float)
+    assert splits_fit(need, budget).tolist() == [split_fits(need[r], budget[r]) for r in range(R)]
+
+
+@fast(150)
+@given(st.integers(1, 8), st.integers(3, 12), st.integers(1, 3), st.integers(0, 2**32 - 1), st.booleans())
+def test_least_feasible_threshold_is_the_same_with_identical_stages_merged(G, p, kinds, seed, per_stage_c):
+    from costmodel import bottleneck
+
+    rng = np.random.default_rng(seed)
+    kind = rng.integers(0, kinds, p)
+    base = (rng.integers(0, 8, (G, kinds)) / 4.0)[:, kind]  # stages of one kind are identical
+    base[:, 0] += 0.5
+    c = (rng.integers(1, 8, (G, kinds)) / 8.0)[:, kind] if per_stage_c else rng.integers(1, 8, (G, 1)) / 8.0
+    lo = np.ones(p)
+    lo[0] = lo[-1] = 0
+    N = int(rng.integers(p - 2, 40))
+    small = bottleneck._SMALL
+    try:
+        bottleneck._SMALL = 0
+        merged = bottleneck.least_feasible_threshold(base, c, lo, N)
+        bottleneck._SMALL = 1 << 60
+        separate = bottleneck.least_feasible_threshold(base, c, lo, N)
+    finally:
+        bottleneck._SMALL = small
+    assert np.array_equal(merged, separate)
+    k = np.minimum(np.floor((merged[:, None] - base) / c + 1e-9), N)
+    assert ((k >= lo).all(axis=1) & (k.sum(axis=1) >= N)).all()  # a feasible threshold
+
+
+def test_memory_aware_splits_of_a_batch_match_each_strategy_alone():
+    from costmodel.pricing import CostContext
+    from costmodel.training import class_cost_table, layout_info, memory_aware_cuts, memory_aware_splits, \
+        memory_split_problems
+
+    model, cluster = get_model("llama-3-70b"), Cluster.parse("4x8xH100")
+    wl = Training(global_batch=512, seq_len=4096)
+    ctx = CostContext.make(cluster, wl.dtype, PARAMS, None, ())
+    strategies = [Strategy(tp=tp, pp=4, dp=32 // tp // 4, zero=z, micro_batch=mb, schedule=sched,
+                           recompute=rec)
+                  for tp in (2, 8) for z in (0, 1, 3) for mb in (1, 2) for sched in ("1f1b", "gpipe")
+                  for rec in ("none", "full")]
+    infos = [layout_info(cluster, s, wl, ctx) for s in strategies]
+    C = np.stack([class_cost_table(model, ctx, wl, [(lk, s) for lk in info.links])
+                  for s, info in zip(strategies, infos)])
+    problems = memory_split_problems(model, wl, ctx, infos, C, strategies, [s.dp for s in strategies],
+                                     [s.zero for s in strategies], [s.schedule for s in strategies], 0.9)
+    batch = memory_aware_splits(model, wl, problems)
+    alone = [memory_aware_cuts(model, cluster, wl, ctx, s, 0.9) for s in strategies]
+    assert batch == alone
+    assert any(c is None for c in alone) and any(c is not None for c in alone)  # both outcomes are covered
