@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,16 @@ def amp_workload(setting: str, grad_dtype: str | None = None) -> cm.Training:
 AMP_GRAD_DTYPE = "fp32"
 
 
+def amp_params(setting: str, params: CostParams) -> CostParams:
+    """The software AMP ran in `setting`. Its TransGAN port (megatron/model/trans_gan_gen.py,
+    ParallelTransGanAttention) reshapes the column-parallel qkv to (num_heads, C / tp / num_heads): every TP
+    rank keeps all 4 heads at a tp-th of the head width, so the window score and softmax matrices are not
+    split by tensor parallelism (GPT-2's ParallelSelfAttention divides the heads)."""
+    if amp_model_name(setting) == "transgan-amp":
+        return replace(params, tp_splits_attention_heads=False)
+    return params
+
+
 def predict_amp(trials: list[AmpTrial], params: CostParams) -> tuple[np.ndarray, np.ndarray]:
     """Predicted step time and fits-in-memory for each trial (nan / False where the split is not expressible)."""
     time_s = np.full(len(trials), np.nan)
@@ -96,7 +106,7 @@ def predict_amp(trials: list[AmpTrial], params: CostParams) -> tuple[np.ndarray,
     for setting, idx in by_setting.items():
         model = get_model(amp_model_name(setting))
         cluster = amp_cluster(setting)  # estimate() applies the node types' network efficiency
-        ctx = CostContext(params=params, profiles={})
+        ctx = CostContext(params=amp_params(setting, params), profiles={})
         t, _, f = price_training(model, cluster, amp_workload(setting, AMP_GRAD_DTYPE), ctx,
                                  [trials[i].strategy for i in idx])
         time_s[idx] = t

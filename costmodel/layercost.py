@@ -95,7 +95,8 @@ def forward_work(lay: LayerSpec, dev: DevicePerf, par: Parallel, params: CostPar
         flops = 4.0 * rows * ctx * heads_local * lay.head_dim * cf
         io = rows * (lay.num_heads * 2 + lay.num_kv_heads * 2) * lay.head_dim * b / tp
         if not params.flash_attention:
-            io += rows * ctx * heads_local * (2 * b + 4) * cf * 2  # scores and softmax written and read back
+            score_heads = heads_local if params.tp_splits_attention_heads else lay.num_heads
+            io += rows * ctx * score_heads * (2 * b + 4) * cf * 2  # scores and softmax written and read back
         attn = dev.attention_time_s(flops, io)
         attn_bwd = dev.attention_time_s(2.5 * flops, 2.5 * io)
     q = lay.num_heads * lay.head_dim / tp
@@ -246,9 +247,16 @@ def _train_times(lay: LayerSpec, dev: DevicePerf, par: Parallel, params: CostPar
     ep_comm = 0.0
     if lay.is_moe and par.ep > 1 and par.ep_mode == "dp":
         ep_comm = (4.0 + (2.0 if recompute == "full" else 0.0)) * shared.a2a_s
-    act = rows * activation_bytes_per_token(lay, seq, tp=par.tp, sp=par.sp, recompute=recompute,
-                                            bytes_per_el=dev.bytes_per_el, flash=params.flash_attention,
-                                            dropout=lay.dropout > 0, ep=par.ep)
+    per_token = activation_bytes_per_token(lay, seq, tp=par.tp, sp=par.sp, recompute=recompute,
+                                           bytes_per_el=dev.bytes_per_el, flash=params.flash_attention,
+                                           dropout=lay.dropout > 0, ep=par.ep)
+    if not params.tp_splits_attention_heads and not params.flash_attention and par.tp > 1:
+        # every rank keeps all heads' score matrices: the tp-split share of them, tp times over
+        no_scores = activation_bytes_per_token(lay, seq, tp=par.tp, sp=par.sp, recompute=recompute,
+                                               bytes_per_el=dev.bytes_per_el, flash=True,
+                                               dropout=lay.dropout > 0, ep=par.ep)
+        per_token += (per_token - no_scores) * (par.tp - 1)
+    act = rows * per_token
     return LayerTrainTimes(fwd_s=fwd, bwd_s=bwd, recompute_s=rec, tp_comm_s=tp_comm, ep_comm_s=ep_comm,
                            activation_bytes=act * params.activation_overhead)
 

@@ -31,6 +31,11 @@ class CostParams:
     attention_efficiency: float = 0.55
     causal_factor: float = 0.5
     flash_attention: bool = True
+    # whether tensor parallelism splits the attention heads (Megatron's ParallelSelfAttention does). False: every
+    # TP rank computes all heads at head_dim / tp (AMP's Megatron port of TransGAN), so the unfused score and
+    # softmax matrices (heads x span per token) are not divided by tp, neither their traffic nor what is kept
+    # for backward; their FLOPs still are
+    tp_splits_attention_heads: bool = True
     # memory-bound work: achieved fraction of HBM bandwidth; bytes of elementwise traffic relative to a fused
     # modern block (norms, residuals, activation, rotary); 1.0 = fused kernels
     memory_efficiency: float = 0.85
