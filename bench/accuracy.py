@@ -131,10 +131,13 @@ def megatron_report() -> dict:
             "fitted": {"values": res.values, "stderr": res.stderr}}
 
 
-def helm_report(gpu: str) -> dict:
+def helm_report(gpu: str, swapped: bool = False) -> dict:
+    """Fit on every other model by size and score on the rest; `swapped`: the other way round (a check of how
+    much the fitted constants depend on which models they saw)."""
     models = sorted(helm_models(gpu), key=lambda h: h.model.num_params)
-    train = models[0::2]
-    test = models[1::2]
+    train, test = models[0::2], models[1::2]
+    if swapped:
+        train, test = test, train
     fit_sizes = {h.model.name: sorted(h.prompt_s) for h in train}  # every measured prompt size of the fit models
 
     def predict(params):
@@ -177,6 +180,7 @@ def main() -> int:
     t0 = time.perf_counter()
     report = {"amp": amp_report(), "megatron": megatron_report(),
               "helm_a100": helm_report("A100-SXM-80GB"), "helm_v100": helm_report("V100-SXM2-32GB"),
+              "helm_a100_swapped": helm_report("A100-SXM-80GB", swapped=True),
               "gpu_runs": gpu_report()}
     report["elapsed_s"] = time.perf_counter() - t0
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -198,9 +202,10 @@ def scoreboard(r: dict) -> str:
     m = r["megatron"]
     lines.append(f"Megatron-LM Table 1 (test rows): median time error {m['test_median_time_error']:.1%}, max "
                  f"{m['test_max_time_error']:.1%}, median MFU error {m['test_median_mfu_error_points']:.1f} points")
-    for key in ("helm_a100", "helm_v100"):
+    for key in ("helm_a100", "helm_v100", "helm_a100_swapped"):
         h = r[key]
-        lines.append(f"HELM {h['gpu']:<15} (test models): P(p) median error {h['prefill_median_error']:.1%}, max "
+        which = "fit/test swapped" if key.endswith("swapped") else "test models"
+        lines.append(f"HELM {h['gpu']:<15} ({which}): P(p) median error {h['prefill_median_error']:.1%}, max "
                      f"{h['prefill_max_error']:.1%}; beta median {h['beta_median_error']:.1%}, max "
                      f"{h['beta_max_error']:.1%}")
     for mode, g in r.get("gpu_runs", {}).items():

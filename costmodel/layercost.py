@@ -283,6 +283,8 @@ class LayerInferCost:
 
 def layer_infer_cost(lay: LayerSpec, dev: DevicePerf, par: Parallel, params: CostParams, *, sequences: int,
                      prompt_tokens: int, context: float, decode: bool) -> LayerInferCost:
+    """One layer's inference forward on the training roofline (`forward_work`) and its collectives. Estimates
+    use `layer_inference_cost`, which adds what only inference has; this is its starting point."""
     b = dev.bytes_per_el
     if decode:
         rows = float(sequences)
