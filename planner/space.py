@@ -54,7 +54,7 @@ class Layout:
 
 def _ep_options(model: ModelSpec, tp: int, dp: int, space: SearchSpace, is_moe: bool | None = None
                 ) -> list[tuple[int, str]]:
-    """(ep, EP convention) pairs for a mesh; `is_moe`: `model.is_moe`, when the caller has it already. None
+    """(ep, EP convention) pairs for a mesh; `is_moe`: `model.is_moe`, when the caller has it already. Empty
     for an MoE model whose experts no pair splits evenly (e.g. tp not dividing the expert width)."""
     if not (model.is_moe if is_moe is None else is_moe):
         return [(1, "dp")]
